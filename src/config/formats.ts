@@ -1,0 +1,139 @@
+/**
+ * convict formats for the shapes convict 6 cannot check by itself: URL lists,
+ * nullable strings and the topology / push arrays. Each throws a message that
+ * names what is wrong, because convict prefixes it with the key.
+ */
+import convict from 'convict'
+
+const NAME_RE = /^[A-Za-z0-9\-_.:]*$/
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
+
+function assertKeys(where: string, obj: Record<string, unknown>, allowed: readonly string[]): void {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) throw new Error(`${where}: unknown key "${k}" (allowed: ${allowed.join(', ')})`)
+  }
+}
+
+function assertName(where: string, v: unknown, allowEmpty = false): void {
+  if (typeof v !== 'string' || (!allowEmpty && v.length === 0) || v.length > 255 || !NAME_RE.test(v)) {
+    throw new Error(`${where}: must be 1-255 characters of letters, digits, '-', '_', '.', ':'`)
+  }
+}
+
+function assertOptional(where: string, v: unknown, type: 'boolean' | 'object' | 'string'): void {
+  if (v === undefined) return
+  if (type === 'object' ? !isObject(v) : typeof v !== type) throw new Error(`${where}: must be a ${type}`)
+}
+
+export function assertAmqpUrl(url: unknown, where = 'url'): void {
+  if (typeof url !== 'string') throw new Error(`${where}: must be a string`)
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    // Never echo the value: it may carry a password.
+    throw new Error(`${where}: is not a valid URL`)
+  }
+  if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+    throw new Error(`${where}: must use amqp:// or amqps://`)
+  }
+}
+
+const EXCHANGE_TYPES = ['direct', 'topic', 'fanout', 'headers', 'x-delayed-message', 'x-consistent-hash']
+
+export function registerFormats(): void {
+  convict.addFormats({
+    'amqp-url-list': {
+      validate(v: unknown) {
+        if (!Array.isArray(v) || v.length === 0) throw new Error('must be a non-empty list of amqp:// or amqps:// URLs')
+        v.forEach((u, i) => assertAmqpUrl(u, `[${i}]`))
+      },
+      coerce: (v: unknown) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : v),
+    },
+    'nullable-string': {
+      validate(v: unknown) {
+        if (v !== null && (typeof v !== 'string' || v.length === 0)) throw new Error('must be null or a non-empty string')
+      },
+      coerce: (v: unknown) => (v === '' || v === 'null' ? null : v),
+    },
+    'nullable-name-list': {
+      validate(v: unknown) {
+        if (v === null) return
+        if (!Array.isArray(v)) throw new Error('must be null or a list of names')
+        v.forEach((n, i) => assertName(`[${i}]`, n, true))
+      },
+      coerce: (v: unknown) => (v === 'null' || v === '' ? null : typeof v === 'string' ? v.split(',').map((s) => s.trim()) : v),
+    },
+    'exchange-list': {
+      validate(v: unknown) {
+        if (!Array.isArray(v)) throw new Error('must be a list')
+        v.forEach((e, i) => {
+          const w = `exchanges[${i}]`
+          if (!isObject(e)) throw new Error(`${w}: must be an object`)
+          assertKeys(w, e, ['name', 'type', 'durable', 'autoDelete', 'internal', 'arguments'])
+          assertName(`${w}.name`, e.name)
+          if (typeof e.name === 'string' && e.name.startsWith('amq.')) throw new Error(`${w}.name: "amq." names are reserved by the broker`)
+          if (typeof e.type !== 'string' || !EXCHANGE_TYPES.includes(e.type)) throw new Error(`${w}.type: must be one of ${EXCHANGE_TYPES.join(', ')}`)
+          assertOptional(`${w}.durable`, e.durable, 'boolean')
+          assertOptional(`${w}.autoDelete`, e.autoDelete, 'boolean')
+          assertOptional(`${w}.internal`, e.internal, 'boolean')
+          assertOptional(`${w}.arguments`, e.arguments, 'object')
+        })
+      },
+    },
+    'queue-list': {
+      validate(v: unknown) {
+        if (!Array.isArray(v)) throw new Error('must be a list')
+        v.forEach((q, i) => {
+          const w = `queues[${i}]`
+          if (!isObject(q)) throw new Error(`${w}: must be an object`)
+          assertKeys(w, q, ['name', 'durable', 'exclusive', 'autoDelete', 'arguments'])
+          assertName(`${w}.name`, q.name)
+          assertOptional(`${w}.durable`, q.durable, 'boolean')
+          assertOptional(`${w}.exclusive`, q.exclusive, 'boolean')
+          assertOptional(`${w}.autoDelete`, q.autoDelete, 'boolean')
+          assertOptional(`${w}.arguments`, q.arguments, 'object')
+        })
+      },
+    },
+    'binding-list': {
+      validate(v: unknown) {
+        if (!Array.isArray(v)) throw new Error('must be a list')
+        v.forEach((b, i) => {
+          const w = `bindings[${i}]`
+          if (!isObject(b)) throw new Error(`${w}: must be an object`)
+          assertKeys(w, b, ['exchange', 'queue', 'routingKey', 'arguments'])
+          assertName(`${w}.exchange`, b.exchange)
+          assertName(`${w}.queue`, b.queue)
+          assertOptional(`${w}.routingKey`, b.routingKey, 'string')
+          assertOptional(`${w}.arguments`, b.arguments, 'object')
+        })
+      },
+    },
+    'push-list': {
+      validate(v: unknown) {
+        if (!Array.isArray(v)) throw new Error('must be a list')
+        v.forEach((p, i) => {
+          const w = `push[${i}]`
+          if (!isObject(p)) throw new Error(`${w}: must be an object`)
+          assertKeys(w, p, ['queue', 'url', 'concurrency', 'timeoutMs', 'retry', 'onGiveUp'])
+          assertName(`${w}.queue`, p.queue)
+          if (typeof p.url !== 'string' || !/^https?:\/\//.test(p.url)) throw new Error(`${w}.url: must be an http:// or https:// URL`)
+          for (const k of ['concurrency', 'timeoutMs'] as const) {
+            if (p[k] !== undefined && (!Number.isInteger(p[k]) || (p[k] as number) < 1)) throw new Error(`${w}.${k}: must be a positive integer`)
+          }
+          if (p.retry !== undefined) {
+            if (!isObject(p.retry)) throw new Error(`${w}.retry: must be an object`)
+            assertKeys(`${w}.retry`, p.retry, ['maxAttempts', 'initialDelayMs', 'maxDelayMs'])
+            for (const [k, n] of Object.entries(p.retry)) {
+              if (!Number.isInteger(n) || (n as number) < 0) throw new Error(`${w}.retry.${k}: must be a non-negative integer`)
+            }
+          }
+          if (p.onGiveUp !== undefined && p.onGiveUp !== 'dead-letter' && p.onGiveUp !== 'requeue') {
+            throw new Error(`${w}.onGiveUp: must be "dead-letter" or "requeue"`)
+          }
+        })
+      },
+    },
+  })
+}

@@ -1,0 +1,88 @@
+/**
+ * Loads, validates and freezes the configuration. Precedence: CLI > env > file
+ * > defaults (convict re-applies env and argv after loadFile). Unknown keys are
+ * rejected. The file comes from --config, else AMQP_SIDECAR_CONFIG, else
+ * config/default.json next to the package.
+ */
+import convict from 'convict'
+import { existsSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { registerFormats } from './formats.js'
+import { schema } from './schema.js'
+import type { Config, SidecarConfig } from './types.js'
+
+export type { SidecarConfig } from './types.js'
+
+registerFormats()
+
+const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const DEFAULT_CONFIG_FILE = join(PACKAGE_ROOT, 'config', 'default.json')
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+export interface LoadOptions {
+  /** argv without node and the script (flags like --api.port 0). --config is taken out here. */
+  args?: string[]
+  env?: NodeJS.ProcessEnv
+  /** An explicit file; wins over --config and AMQP_SIDECAR_CONFIG. */
+  file?: string | null
+  /** Plain overrides applied after the file (tests use this instead of temp files). */
+  overrides?: Record<string, unknown>
+}
+
+export interface LoadedConfig {
+  config: SidecarConfig
+  file: string | null
+  /** The effective config as JSON with sensitive values masked. */
+  describe(): string
+}
+
+/** Splits --config <path> / --config=<path> out of argv, so convict never sees it. */
+export function extractConfigFlag(args: string[]): { file: string | undefined; rest: string[] } {
+  const rest: string[] = []
+  let file: string | undefined
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string
+    if (a === '--config') {
+      file = args[++i]
+      if (file === undefined) throw new ConfigError('--config needs a path')
+    } else if (a.startsWith('--config=')) file = a.slice('--config='.length)
+    else rest.push(a)
+  }
+  return { file, rest }
+}
+
+export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
+  const env = opts.env ?? process.env
+  const { file: flagFile, rest } = extractConfigFlag(opts.args ?? [])
+  const file = opts.file !== undefined ? opts.file : flagFile ?? env.AMQP_SIDECAR_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : null)
+  const conf = convict<Config>(schema as never, { env, args: rest })
+  try {
+    if (file) {
+      if (!existsSync(file)) throw new ConfigError(`config file not found: ${file}`)
+      conf.loadFile(file)
+    }
+    if (opts.overrides) conf.load(opts.overrides as never)
+    conf.validate({ allowed: 'strict' })
+  } catch (err) {
+    if (err instanceof ConfigError) throw err
+    // convict's messages name the key and the problem; our formats never echo secrets.
+    throw new ConfigError(`invalid configuration${file ? ` (${file})` : ''}: ${(err as Error).message}`)
+  }
+  const config = deepFreeze(conf.getProperties()) as SidecarConfig
+  if (config.amqp.reconnect.initialDelayMs > config.amqp.reconnect.maxDelayMs) {
+    throw new ConfigError('invalid configuration: amqp.reconnect.initialDelayMs must not exceed amqp.reconnect.maxDelayMs')
+  }
+  return { config, file, describe: () => conf.toString() }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v)
+    Object.freeze(value)
+  }
+  return value
+}

@@ -1,0 +1,111 @@
+/**
+ * The configuration schema: every key, its default and its doc, in one place
+ * (DESIGN.md section 4). Environment names are derived, not written by hand:
+ * `publish.timeoutMs` is AMQP_SIDECAR_PUBLISH_TIMEOUT_MS. A few keys keep the
+ * shorter names DESIGN.md promises (AMQP_URL, AMQP_SIDECAR_API_PORT, ...).
+ * Secrets (`amqp.urls`) are `sensitive` and never take a command-line argument.
+ */
+
+export const ENV_PREFIX = 'AMQP_SIDECAR_'
+
+/** Keys whose environment variable is not the derived one. */
+const ENV_OVERRIDES: Record<string, string> = {
+  'amqp.urls': 'AMQP_URL',
+  'api.port': 'AMQP_SIDECAR_API_PORT',
+  'ops.port': 'AMQP_SIDECAR_OPS_PORT',
+  'log.level': 'AMQP_SIDECAR_LOG_LEVEL',
+}
+
+/** Keys that must never come from argv (they carry or point at secrets). */
+const NO_ARG = new Set(['amqp.urls'])
+
+const ms = (doc: string, def: number, min = 0) => ({ doc, format: 'nat', default: def, min })
+
+export const schema = {
+  amqp: {
+    urls: {
+      doc: 'Broker URLs, tried in order for failover. Env AMQP_URL takes one URL or a comma-separated list.',
+      format: 'amqp-url-list',
+      default: ['amqp://guest:guest@127.0.0.1:5672/%2F'],
+      sensitive: true,
+    },
+    urlFile: {
+      doc: 'A file holding broker URLs (one per line or comma-separated). Wins over amqp.urls; re-read on every reconnect so rotated credentials apply.',
+      format: 'nullable-string',
+      default: null,
+    },
+    heartbeatSeconds: { doc: 'AMQP heartbeat to negotiate, in seconds. 0 disables heartbeats (not advised behind any proxy).', format: 'nat', default: 15 },
+    keepAliveDelayMs: { doc: 'TCP keepalive idle delay on the broker socket.', format: 'nat', default: 15000 },
+    connectTimeoutMs: ms('Deadline for TCP connect plus the AMQP handshake.', 10000, 1),
+    reconnect: {
+      initialDelayMs: ms('Smallest reconnect backoff cap (full jitter).', 500, 1),
+      maxDelayMs: ms('Largest reconnect backoff cap (full jitter).', 30000, 1),
+    },
+    connectionName: { doc: 'connection_name client property, shown in the management UI.', format: String, default: 'amqp-sidecar' },
+    tls: {
+      caFile: { doc: 'PEM CA bundle for amqps.', format: 'nullable-string', default: null },
+      certFile: { doc: 'PEM client certificate for amqps.', format: 'nullable-string', default: null },
+      keyFile: { doc: 'PEM client key for amqps.', format: 'nullable-string', default: null },
+      rejectUnauthorized: { doc: 'Verify the broker certificate.', format: Boolean, default: true },
+    },
+  },
+  api: {
+    host: { doc: 'API listener address. Keep it on loopback.', format: String, default: '127.0.0.1' },
+    port: { doc: 'API listener port (0 picks a free one).', format: 'port', default: 8672 },
+    tokenFile: { doc: 'A file holding a bearer token the API requires. null: no token.', format: 'nullable-string', default: null },
+    bodyLimitBytes: { doc: 'Largest request body accepted.', format: 'nat', default: 4194304, min: 1 },
+  },
+  ops: {
+    host: { doc: 'Operations listener address (/livez, /readyz, /metrics).', format: String, default: '0.0.0.0' },
+    port: { doc: 'Operations listener port (0 picks a free one).', format: 'port', default: 8673 },
+  },
+  publish: {
+    timeoutMs: ms('Default per-request publish deadline (X-Timeout-Ms overrides).', 10000, 1),
+    maxBufferedMessages: { doc: 'Bound on queued plus unconfirmed messages.', format: 'nat', default: 10000 },
+    maxBufferedBytes: { doc: 'Bound on queued plus unconfirmed body bytes.', format: 'nat', default: 67108864 },
+    mandatory: { doc: 'Publish with mandatory=true by default (unroutable answers 422).', format: Boolean, default: true },
+    persistent: { doc: 'Publish persistent messages by default.', format: Boolean, default: true },
+    allowedExchanges: { doc: 'Exchanges apps may publish to. null: any.', format: 'nullable-name-list', default: null },
+  },
+  consume: {
+    leaseMs: ms('How long an app may hold a delivery before it is requeued.', 60000, 1),
+    defaultPrefetch: { doc: 'Prefetch for subscriptions that give none.', format: 'nat', default: 10, min: 1 },
+    allowedQueues: { doc: 'Queues apps may consume from. null: any.', format: 'nullable-name-list', default: null },
+    push: { doc: 'HTTP push subscriptions.', format: 'push-list', default: [] },
+  },
+  topology: {
+    exchanges: { doc: 'Exchanges declared on every (re)connect.', format: 'exchange-list', default: [] },
+    queues: { doc: 'Queues declared on every (re)connect.', format: 'queue-list', default: [] },
+    bindings: { doc: 'Bindings declared on every (re)connect.', format: 'binding-list', default: [] },
+  },
+  shutdown: {
+    drainMs: ms('How long publishes and acks are still served after SIGTERM.', 10000),
+  },
+  log: {
+    level: {
+      doc: 'pino log level.',
+      format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      default: 'info',
+    },
+  },
+}
+
+type Leaf = { doc: string; default: unknown; env?: string; arg?: string }
+const isLeaf = (v: object): v is Leaf => 'doc' in v && 'default' in v
+
+/** Scalars get an env var and a CLI flag; arrays of objects (topology, push) come from the file only. */
+function annotate(node: Record<string, object>, path: string[]): void {
+  for (const [key, value] of Object.entries(node)) {
+    const p = [...path, key]
+    if (!isLeaf(value)) {
+      annotate(value as Record<string, object>, p)
+      continue
+    }
+    const dotted = p.join('.')
+    const objectList = Array.isArray(value.default) && dotted.startsWith('topology.') || dotted === 'consume.push'
+    if (objectList) continue
+    value.env = ENV_OVERRIDES[dotted] ?? ENV_PREFIX + p.map((s) => s.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_')
+    if (!NO_ARG.has(dotted)) value.arg = dotted
+  }
+}
+annotate(schema as unknown as Record<string, object>, [])

@@ -1,0 +1,63 @@
+/**
+ * Every Prometheus metric the sidecar exports, in one place, so docs/metrics.md
+ * and the code cannot drift. Prefix amqp_sidecar_, counters end in _total,
+ * durations in _seconds, and labels are bounded (outcome, cause, via, result).
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+
+export const PREFIX = 'amqp_sidecar_'
+
+export type PublishOutcome = 'confirmed' | 'accepted' | 'unroutable' | 'nacked' | 'unknown' | 'rejected'
+
+export function createMetrics(registry = new Registry()) {
+  collectDefaultMetrics({ register: registry, prefix: PREFIX, eventLoopMonitoringPrecision: 20 })
+  const r = [registry]
+  return {
+    registry,
+    upstreamConnected: new Gauge({ name: `${PREFIX}upstream_connected`, help: '1 while the broker connection is open', registers: r }),
+    upstreamBlocked: new Gauge({ name: `${PREFIX}upstream_blocked`, help: '1 while the broker blocks the connection (memory or disk alarm)', registers: r }),
+    upstreamConnects: new Counter({ name: `${PREFIX}upstream_connects_total`, help: 'Successful broker connections', registers: r }),
+    upstreamConnectFailures: new Counter({
+      name: `${PREFIX}upstream_connect_failures_total`,
+      help: 'Failed connection attempts by classified cause',
+      labelNames: ['cause'],
+      registers: r,
+    }),
+    upstreamDisconnects: new Counter({
+      name: `${PREFIX}upstream_disconnects_total`,
+      help: 'Lost broker connections by classified cause',
+      labelNames: ['cause'],
+      registers: r,
+    }),
+    upstreamHeartbeat: new Gauge({ name: `${PREFIX}upstream_heartbeat_seconds`, help: 'Negotiated heartbeat of the current connection', registers: r }),
+    topologyErrors: new Counter({ name: `${PREFIX}topology_errors_total`, help: 'Failed topology declarations', registers: r }),
+    published: new Counter({
+      name: `${PREFIX}published_total`,
+      help: 'Publish outcomes: confirmed, accepted, unroutable, nacked, unknown, rejected',
+      labelNames: ['outcome'],
+      registers: r,
+    }),
+    publishDuration: new Histogram({
+      name: `${PREFIX}publish_duration_seconds`,
+      help: 'Time from request to broker confirm',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: r,
+    }),
+    acceptedDropped: new Counter({
+      name: `${PREFIX}accepted_dropped_total`,
+      help: 'Messages answered 202 that were later not published (nacked, unroutable, exchange missing, unconfirmed at shutdown)',
+      labelNames: ['outcome'],
+      registers: r,
+    }),
+    bufferedMessages: new Gauge({ name: `${PREFIX}buffered_messages`, help: 'Messages queued or awaiting a confirm', registers: r }),
+    bufferedBytes: new Gauge({ name: `${PREFIX}buffered_bytes`, help: 'Body bytes queued or awaiting a confirm', registers: r }),
+    deliveries: new Counter({ name: `${PREFIX}deliveries_total`, help: 'Messages handed to apps, by way', labelNames: ['via'], registers: r }),
+    acks: new Counter({ name: `${PREFIX}acks_total`, help: 'App acks by result: acked, stale, unknown', labelNames: ['result'], registers: r }),
+    nacks: new Counter({ name: `${PREFIX}nacks_total`, help: 'App nacks by result: nacked, stale, unknown', labelNames: ['result'], registers: r }),
+    leases: new Gauge({ name: `${PREFIX}leases`, help: 'Deliveries handed out and not yet settled', registers: r }),
+    websocketClients: new Gauge({ name: `${PREFIX}websocket_clients`, help: 'Open WebSocket clients', registers: r }),
+    pushAttempts: new Counter({ name: `${PREFIX}push_attempts_total`, help: 'HTTP push attempts by outcome', labelNames: ['outcome'], registers: r }),
+  }
+}
+
+export type Metrics = ReturnType<typeof createMetrics>

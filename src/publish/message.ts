@@ -1,0 +1,205 @@
+/**
+ * Builds the AMQP message from what an app sent: the raw-body route's headers,
+ * or a JSON envelope. All publish input validation lives here, so HTTP, batch
+ * and WebSocket publishes accept and refuse exactly the same things.
+ */
+import { randomUUID } from 'node:crypto'
+import type { IncomingHttpHeaders } from 'node:http'
+import { SidecarError } from '../errors.js'
+import type { AckMode, OutgoingMessage } from './publisher.js'
+
+/** amq.default is how a URL names the default exchange, whose real name is "". */
+export const DEFAULT_EXCHANGE_ALIAS = 'amq.default'
+export const MAX_TIMEOUT_MS = 300_000
+const NAME_RE = /^[A-Za-z0-9\-_.:]{1,255}$/
+// AMQP short strings: at most 255 bytes; control characters would corrupt logs and headers.
+const CONTROL_RE = /[\u0000-\u001f\u007f]/
+
+export interface PublishDefaults {
+  mandatory: boolean
+  persistent: boolean
+  timeoutMs: number
+  allowedExchanges: readonly string[] | null
+}
+
+export interface PropertiesInput {
+  messageId?: string
+  correlationId?: string
+  replyTo?: string
+  expiration?: string | number
+  priority?: number
+  type?: string
+  appId?: string
+  contentType?: string
+  contentEncoding?: string
+  persistent?: boolean
+  timestamp?: number
+  userId?: string
+}
+
+export type HeaderValue = string | number | boolean | null
+
+export interface Envelope {
+  exchange: string
+  routingKey?: string
+  body?: unknown
+  bodyEncoding?: 'utf8' | 'base64' | 'json'
+  properties?: PropertiesInput
+  headers?: Record<string, HeaderValue>
+  mandatory?: boolean
+}
+
+export interface PublishRequest {
+  msg: OutgoingMessage
+  deadlineMs: number
+  mode: AckMode
+}
+
+const invalid = (text: string, messageId?: string) => new SidecarError('INVALID_REQUEST', text, messageId === undefined ? {} : { messageId })
+
+function shortString(name: string, v: unknown): string | undefined {
+  if (v === undefined) return undefined
+  if (typeof v !== 'string' || v.length === 0 || Buffer.byteLength(v) > 255 || CONTROL_RE.test(v)) {
+    throw invalid(`${name} must be 1-255 bytes without control characters`)
+  }
+  return v
+}
+
+export function exchangeName(raw: string, allowed: readonly string[] | null): string {
+  if (raw !== DEFAULT_EXCHANGE_ALIAS && raw !== '' && !NAME_RE.test(raw)) {
+    throw invalid('exchange must be 1-255 characters of letters, digits, "-", "_", ".", ":" (amq.default for the default exchange)')
+  }
+  if (allowed && !allowed.includes(raw)) throw new SidecarError('EXCHANGE_NOT_ALLOWED', `Publishing to exchange "${raw}" is not allowed by publish.allowedExchanges`)
+  return raw === DEFAULT_EXCHANGE_ALIAS ? '' : raw
+}
+
+function routingKey(raw: string | undefined): string {
+  const rk = raw ?? ''
+  if (Buffer.byteLength(rk) > 255) throw invalid('routingKey must be at most 255 bytes')
+  return rk
+}
+
+function parseBool(name: string, v: string | undefined, def: boolean): boolean {
+  if (v === undefined) return def
+  if (v === 'true') return true
+  if (v === 'false') return false
+  throw invalid(`${name} must be "true" or "false"`)
+}
+
+function parseIntIn(name: string, v: string | number | undefined, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined
+  const n = typeof v === 'number' ? v : /^\d+$/.test(v) ? Number(v) : NaN
+  if (!Number.isInteger(n) || n < min || n > max) throw invalid(`${name} must be an integer from ${min} to ${max}`)
+  return n
+}
+
+function header(h: IncomingHttpHeaders, name: string): string | undefined {
+  const v = h[name]
+  return Array.isArray(v) ? v[0] : v
+}
+
+export function parseAckMode(v: string | undefined): AckMode {
+  if (v === undefined || v === 'confirm') return 'confirm'
+  if (v === 'accepted') return 'accepted'
+  throw invalid('X-Ack must be "confirm" or "accepted"')
+}
+
+export function parseTimeout(v: string | undefined, def: number): number {
+  return parseIntIn('X-Timeout-Ms', v, 1, MAX_TIMEOUT_MS) ?? def
+}
+
+function build(
+  exchange: string,
+  rk: string,
+  content: Buffer,
+  props: PropertiesInput,
+  headers: Record<string, HeaderValue> | undefined,
+  mandatory: boolean,
+  defaults: PublishDefaults,
+): OutgoingMessage {
+  const messageId = shortString('messageId', props.messageId) ?? randomUUID()
+  const expiration = props.expiration === undefined ? undefined : String(parseIntIn('expiration', props.expiration, 0, 2 ** 31 - 1))
+  const options: OutgoingMessage['options'] = {
+    messageId,
+    mandatory,
+    persistent: props.persistent ?? defaults.persistent,
+    headers: headers ?? {},
+  }
+  const strings = ['correlationId', 'replyTo', 'type', 'appId', 'contentType', 'contentEncoding', 'userId'] as const
+  for (const k of strings) {
+    const v = shortString(k, props[k])
+    if (v !== undefined) options[k] = v
+  }
+  if (expiration !== undefined) options.expiration = expiration
+  const priority = parseIntIn('priority', props.priority, 0, 255)
+  if (priority !== undefined) options.priority = priority
+  const ts = parseIntIn('timestamp', props.timestamp, 0, Number.MAX_SAFE_INTEGER)
+  if (ts !== undefined) options.timestamp = ts
+  return { exchange, routingKey: rk, content, options }
+}
+
+/** POST /v1/publish/{exchange}/{routingKey}: the body is the message, headers carry the properties. */
+export function fromRawRequest(exchangeParam: string, routingKeyParam: string | undefined, h: IncomingHttpHeaders, body: Buffer, defaults: PublishDefaults): PublishRequest {
+  const exchange = exchangeName(exchangeParam, defaults.allowedExchanges)
+  const headers: Record<string, HeaderValue> = {}
+  for (const [name, value] of Object.entries(h)) {
+    if (name.startsWith('x-header-') && name.length > 'x-header-'.length) {
+      headers[name.slice('x-header-'.length)] = Array.isArray(value) ? value.join(', ') : (value ?? '')
+    }
+  }
+  const props: PropertiesInput = {}
+  const map = [
+    ['x-message-id', 'messageId'],
+    ['x-correlation-id', 'correlationId'],
+    ['x-reply-to', 'replyTo'],
+    ['x-type', 'type'],
+    ['x-app-id', 'appId'],
+    ['content-type', 'contentType'],
+    ['content-encoding', 'contentEncoding'],
+  ] as const
+  for (const [from, to] of map) {
+    const v = header(h, from)
+    if (v !== undefined) props[to] = v
+  }
+  const expiration = header(h, 'x-expiration')
+  if (expiration !== undefined) props.expiration = expiration
+  const priority = parseIntIn('X-Priority', header(h, 'x-priority'), 0, 255)
+  if (priority !== undefined) props.priority = priority
+  props.persistent = parseBool('X-Persistent', header(h, 'x-persistent'), defaults.persistent)
+  const mandatory = parseBool('X-Mandatory', header(h, 'x-mandatory'), defaults.mandatory)
+  const msg = build(exchange, routingKey(routingKeyParam), body, props, headers, mandatory, defaults)
+  return {
+    msg,
+    deadlineMs: parseTimeout(header(h, 'x-timeout-ms'), defaults.timeoutMs),
+    mode: parseAckMode(header(h, 'x-ack')),
+  }
+}
+
+const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/
+
+function envelopeBody(env: Envelope): { content: Buffer; defaultContentType?: string } {
+  const enc = env.bodyEncoding ?? (typeof env.body === 'string' || env.body === undefined ? 'utf8' : 'json')
+  if (enc === 'json') return { content: Buffer.from(JSON.stringify(env.body ?? null)), defaultContentType: 'application/json' }
+  if (env.body !== undefined && typeof env.body !== 'string') throw invalid(`body must be a string when bodyEncoding is "${enc}"`)
+  const text = (env.body as string | undefined) ?? ''
+  if (enc === 'base64') {
+    if (text.length % 4 !== 0 || !BASE64_RE.test(text)) throw invalid('body is not valid base64')
+    return { content: Buffer.from(text, 'base64') }
+  }
+  return { content: Buffer.from(text, 'utf8') }
+}
+
+/** One JSON envelope (POST /v1/publish, batch items, WebSocket publish ops). */
+export function fromEnvelope(env: Envelope, defaults: PublishDefaults): OutgoingMessage {
+  try {
+    const exchange = exchangeName(env.exchange, defaults.allowedExchanges)
+    const { content, defaultContentType } = envelopeBody(env)
+    const props: PropertiesInput = { ...env.properties }
+    if (props.contentType === undefined && defaultContentType) props.contentType = defaultContentType
+    return build(exchange, routingKey(env.routingKey), content, props, env.headers, env.mandatory ?? defaults.mandatory, defaults)
+  } catch (err) {
+    // Echo the app's own id in the error, so a batch result can be matched.
+    if (err instanceof SidecarError && typeof env.properties?.messageId === 'string') err.messageId = env.properties.messageId
+    throw err
+  }
+}

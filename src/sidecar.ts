@@ -1,0 +1,161 @@
+/**
+ * The app factory: builds every part from a validated config and injected
+ * logger/metrics, and owns the lifecycle. It never touches process, signals
+ * or argv (main.ts does), so tests start and stop real sidecars in-process.
+ *
+ *   created --start()--> running --shutdown()--> draining --> closing --> closed
+ */
+import type { FastifyInstance } from 'fastify'
+import type { AddressInfo } from 'node:net'
+import type { SidecarConfig } from './config/index.js'
+import { buildApiServer } from './http/api.js'
+import { buildOpsServer, type Readiness } from './http/ops.js'
+import type { Logger } from './observe/logger.js'
+import { createMetrics, type Metrics } from './observe/metrics.js'
+import { SecretRegistry } from './observe/redact.js'
+import { PublishBuffer } from './publish/buffer.js'
+import { Publisher } from './publish/publisher.js'
+import { Upstream } from './upstream/connection.js'
+import { detectIdleTimeout, diagnose } from './upstream/diagnosis.js'
+
+export type SidecarState = 'created' | 'running' | 'draining' | 'closing' | 'closed'
+
+export interface SidecarDeps {
+  log: Logger
+  metrics?: Metrics
+  secrets?: SecretRegistry
+}
+
+export interface Addresses {
+  api: { host: string; port: number }
+  ops: { host: string; port: number }
+}
+
+export interface Sidecar {
+  readonly state: SidecarState
+  readonly upstream: Upstream
+  readonly metrics: Metrics
+  start(): Promise<Addresses>
+  /** Staged shutdown; resolves when everything is closed. Idempotent. */
+  shutdown(opts?: { drainMs?: number }): Promise<void>
+  status(): Record<string, unknown>
+  readiness(): Readiness
+}
+
+/** After the drain, how long outstanding confirms may take at most. */
+const CONFIRM_WAIT_CAP_MS = 10_000
+
+export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar {
+  const log = deps.log
+  const metrics = deps.metrics ?? createMetrics()
+  const secrets = deps.secrets ?? new SecretRegistry()
+  for (const url of config.amqp.urls) secrets.addUrl(url)
+
+  const upstream = new Upstream(config, log, metrics, secrets)
+  const buffer = new PublishBuffer(config.publish.maxBufferedMessages, config.publish.maxBufferedBytes, metrics)
+  const publisher = new Publisher(upstream, buffer, metrics, log)
+
+  let state: SidecarState = 'created'
+  let api: FastifyInstance | undefined
+  let ops: FastifyInstance | undefined
+  let shutdownPromise: Promise<void> | undefined
+  const startedAt = new Date().toISOString()
+
+  const status = () => {
+    const up = upstream.status()
+    const idlePattern = detectIdleTimeout(upstream.history)
+    return {
+      sidecar: { state, startedAt },
+      upstream: up,
+      buffer: buffer.snapshot(),
+      diagnosis: diagnose({
+        state: up.state,
+        heartbeatSeconds: up.heartbeatSeconds ?? upstream.heartbeatSeconds,
+        lastDisconnect: up.lastDisconnect,
+        lastConnectError: up.lastConnectError,
+        blockedReason: up.blockedReason,
+        topologyError: up.topologyError,
+        idlePattern,
+      }),
+      idleTimeoutDetected: idlePattern,
+    }
+  }
+
+  const readiness = (): Readiness => {
+    const reasons: string[] = []
+    if (state !== 'running') reasons.push(`sidecar is ${state}`)
+    if (upstream.state === 'blocked') reasons.push(`upstream blocked: ${upstream.status().blockedReason}`)
+    else if (upstream.state !== 'connected') reasons.push(`upstream ${upstream.state}`)
+    if (upstream.topologyError) reasons.push(`topology: ${upstream.topologyError.message}`)
+    if (buffer.full) reasons.push('publish buffer full')
+    return { ready: reasons.length === 0, reasons }
+  }
+
+  const listen = async (app: FastifyInstance, host: string, port: number) => {
+    await app.listen({ host, port })
+    const addr = app.server.address() as AddressInfo
+    return { host: addr.address, port: addr.port }
+  }
+
+  const sidecar: Sidecar = {
+    get state() {
+      return state
+    },
+    upstream,
+    metrics,
+    status,
+    readiness,
+
+    async start() {
+      if (state !== 'created') throw new Error(`cannot start a sidecar that is ${state}`)
+      state = 'running'
+      ops = buildOpsServer({ log, registry: metrics.registry, readiness })
+      api = await buildApiServer({
+        log,
+        publisher,
+        bodyLimitBytes: config.api.bodyLimitBytes,
+        defaults: {
+          mandatory: config.publish.mandatory,
+          persistent: config.publish.persistent,
+          timeoutMs: config.publish.timeoutMs,
+          allowedExchanges: config.publish.allowedExchanges,
+        },
+        status,
+        accepting: () => state === 'running' || state === 'draining',
+      })
+      const opsAddr = await listen(ops, config.ops.host, config.ops.port)
+      const apiAddr = await listen(api, config.api.host, config.api.port)
+      upstream.start()
+      log.info({ api: apiAddr, ops: opsAddr }, 'amqp-sidecar listening')
+      return { api: apiAddr, ops: opsAddr }
+    },
+
+    shutdown(opts = {}) {
+      shutdownPromise ??= (async () => {
+        const drainMs = opts.drainMs ?? config.shutdown.drainMs
+        if (state === 'created') {
+          state = 'closed'
+          return
+        }
+        // 1. Not ready: the platform stops sending traffic; publishes are still served.
+        state = 'draining'
+        log.info({ drainMs }, 'shutting down: readiness is 503, still serving publishes during the drain (signal again to exit now)')
+        await new Promise((r) => setTimeout(r, drainMs))
+        // 2. Stop serving, wait for outstanding confirms, answer whatever is left.
+        state = 'closing'
+        const confirmWait = Math.min(config.publish.timeoutMs, CONFIRM_WAIT_CAP_MS)
+        const drained = await publisher.drain(confirmWait)
+        if (!drained) log.warn({ held: buffer.snapshot(), waitedMs: confirmWait }, 'messages still unconfirmed at shutdown; they are answered 504 or logged')
+        await publisher.close()
+        await api?.close()
+        // 3. Close the AMQP connection cleanly (connection.close, not a dropped socket).
+        await upstream.close()
+        await ops?.close()
+        state = 'closed'
+        log.info('amqp-sidecar stopped')
+      })()
+      return shutdownPromise
+    },
+  }
+  return sidecar
+}

@@ -1,0 +1,338 @@
+/**
+ * The one upstream connection. amqp-connection-manager (ACM) owns the socket
+ * and the reconnect loop; this class adds what ACM lacks (AMQP-LIBRARY-NOTES):
+ * full-jitter backoff, re-read URL files, classified and counted disconnects,
+ * idle time before each disconnect, blocked state, and topology on every
+ * connect. Channels are NOT created here: the publisher and consumers open
+ * their own on 'ready', so a fault in one never takes down another.
+ */
+import { EventEmitter } from 'node:events'
+import { readFileSync } from 'node:fs'
+import type { Socket } from 'node:net'
+import { AmqpConnectionManagerClass, type AmqpConnectionManager } from 'amqp-connection-manager'
+import type { ChannelModel } from 'amqplib'
+import type { SidecarConfig } from '../config/index.js'
+import type { Logger } from '../observe/logger.js'
+import type { Metrics } from '../observe/metrics.js'
+import { redactUrl, type SecretRegistry } from '../observe/redact.js'
+import { Backoff } from './backoff.js'
+import { classifyError, type DisconnectCause } from './classify.js'
+import { declareTopology, TopologyError } from './topology.js'
+
+export type UpstreamState = 'connecting' | 'connected' | 'blocked' | 'reconnecting' | 'closed'
+
+export interface DisconnectRecord {
+  cause: DisconnectCause
+  code: string | number | undefined
+  message: string
+  at: string
+  /** How long no byte crossed the socket before it died; null when it never connected. */
+  idleMsBefore: number | null
+  /** True for a failed connection attempt, false for a lost live connection. */
+  duringConnect: boolean
+}
+
+export interface UpstreamEvents {
+  /** Connected, and the topology was declared (or its failure recorded). */
+  ready: [connection: ChannelModel]
+  /** The live connection is gone; every channel on it is gone too. */
+  lost: [record: DisconnectRecord]
+  state: [state: UpstreamState]
+}
+
+/** A connection that lived less than this is "flapping": its loss keeps widening the backoff. */
+const STABLE_CONNECTION_MS = 10_000
+/** Resolution of the idle-time measurement (how often socket byte counters are read). */
+const IDLE_SAMPLE_MS = 100
+/** ACM's close() waits on a pending connect and on CloseOk: never wait for it longer than this. */
+const CLOSE_DEADLINE_MS = 5_000
+const HISTORY_LENGTH = 20
+
+export class Upstream extends EventEmitter<UpstreamEvents> {
+  #state: UpstreamState = 'connecting'
+  #acm: AmqpConnectionManager | undefined
+  #connection: ChannelModel | undefined
+  #socket: Socket | undefined
+  #currentUrl: string | undefined
+  #connectedAt: number | undefined
+  #lastActivityAt = 0
+  #bytesSeen = 0
+  #idleTimer: NodeJS.Timeout | undefined
+  #blockedReason: string | null = null
+  #topologyError: TopologyError | null = null
+  #connects = 0
+  #lastDisconnect: DisconnectRecord | null = null
+  #lastConnectError: DisconnectRecord | null = null
+  #disconnectsByCause: Partial<Record<DisconnectCause, number>> = {}
+  /** Recent lost connections, oldest first, for pattern detection (bounded). */
+  #history: DisconnectRecord[] = []
+  readonly #backoff: Backoff
+  /** The heartbeat asked for on the next connection (adaptive heartbeat may lower it). */
+  heartbeatSeconds: number
+
+  constructor(
+    private readonly config: SidecarConfig,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+    private readonly secrets: SecretRegistry,
+  ) {
+    super()
+    this.#backoff = new Backoff(config.amqp.reconnect.initialDelayMs, config.amqp.reconnect.maxDelayMs)
+    this.heartbeatSeconds = config.amqp.heartbeatSeconds
+  }
+
+  get state(): UpstreamState {
+    return this.#state
+  }
+
+  /** The live connection, when there is one. */
+  get connection(): ChannelModel | undefined {
+    return this.#connection
+  }
+
+  get topologyError(): TopologyError | null {
+    return this.#topologyError
+  }
+
+  start(): void {
+    if (this.#acm) return
+    const { amqp } = this.config
+    if (amqp.heartbeatSeconds === 0) {
+      this.log.warn(
+        'amqp.heartbeatSeconds is 0: heartbeats are disabled, so a load balancer, NAT or firewall idle timeout will cut the connection while it is quiet, and a dead broker is noticed only by TCP keepalive',
+      )
+    }
+    const acm = new AmqpConnectionManagerClass(null, {
+      // Called at the start of every round over the URL list: a rotated urlFile applies on the next reconnect.
+      findServers: () => this.#readUrls(),
+      heartbeatIntervalInSeconds: this.heartbeatSeconds,
+      reconnectTimeInSeconds: amqp.reconnect.initialDelayMs / 1000,
+      connectionOptions: this.#socketOptions(),
+    })
+    this.#acm = acm
+    acm.on('connect', ({ connection, url }) => void this.#onConnect(connection as ChannelModel, url))
+    acm.on('disconnect', ({ err }) => this.#onDisconnect(err))
+    acm.on('connectFailed', ({ err, url }) => this.#onConnectFailed(err, url))
+    acm.on('blocked', ({ reason }) => this.#onBlocked(reason))
+    acm.on('unblocked', () => this.#onUnblocked())
+    acm.connect().catch(() => {
+      // ACM keeps retrying in the background; failures arrive as 'connectFailed'.
+    })
+  }
+
+  /** Closes the connection cleanly (the broker logs a normal close), bounded by a deadline. */
+  async close(deadlineMs = CLOSE_DEADLINE_MS): Promise<void> {
+    if (this.#state === 'closed') return
+    const acm = this.#acm
+    this.#setState('closed')
+    this.#stopIdleSampling()
+    if (!acm) return
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), deadlineMs)
+    })
+    const result = await Promise.race([acm.close().then(() => 'closed' as const, () => 'closed' as const), timeout])
+    clearTimeout(timer)
+    if (result === 'timeout') {
+      this.log.warn({ deadlineMs }, 'the AMQP connection did not close in time; destroying the socket')
+      this.#socket?.destroy()
+    }
+    this.#connection = undefined
+    this.metrics.upstreamConnected.set(0)
+  }
+
+  /** Forces a new connection (used after channel-level faults ACM cannot recover). */
+  reconnect(): void {
+    if (this.#state !== 'closed') this.#acm?.reconnect()
+  }
+
+  /** Publishers and consumers call this when they write, so idle time counts our traffic too. */
+  touch(): void {
+    this.#lastActivityAt = Date.now()
+  }
+
+  get history(): readonly DisconnectRecord[] {
+    return this.#history
+  }
+
+  get lastDisconnect(): DisconnectRecord | null {
+    return this.#lastDisconnect
+  }
+
+  status() {
+    const sock = this.#socket
+    const conn = this.#connection as (ChannelModel & { connection?: { heartbeat?: number } }) | undefined
+    return {
+      state: this.#state,
+      url: this.#currentUrl ? redactUrl(this.#currentUrl) : null,
+      heartbeatSeconds: conn?.connection?.heartbeat ?? null,
+      requestedHeartbeatSeconds: this.heartbeatSeconds,
+      localAddress: sock?.localAddress ? `${sock.localAddress}:${sock.localPort}` : null,
+      remoteAddress: sock?.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : null,
+      connectedSince: this.#connectedAt ? new Date(this.#connectedAt).toISOString() : null,
+      connects: this.#connects,
+      reconnects: Math.max(0, this.#connects - 1),
+      lastDisconnect: this.#lastDisconnect,
+      lastConnectError: this.#lastConnectError,
+      disconnectsByCause: { ...this.#disconnectsByCause },
+      blockedReason: this.#blockedReason,
+      topologyError: this.#topologyError ? this.#topologyError.message : null,
+    }
+  }
+
+  #readUrls(): string[] {
+    const { amqp } = this.config
+    let urls: string[] = [...amqp.urls]
+    if (amqp.urlFile) {
+      // Read on every round, so rotated credentials apply without a restart.
+      urls = readFileSync(amqp.urlFile, 'utf8').split(/[\n,]/).map((s) => s.trim()).filter((s) => s && !s.startsWith('#'))
+      if (urls.length === 0) throw new Error(`amqp.urlFile ${amqp.urlFile} holds no URL`)
+    }
+    return urls.map((raw) => {
+      this.secrets.addUrl(raw)
+      const u = new URL(raw)
+      if (u.protocol !== 'amqp:' && u.protocol !== 'amqps:') throw new Error(`${redactUrl(raw)}: must use amqp:// or amqps://`)
+      // The configured (or adapted) heartbeat always wins over one written in the URL.
+      u.searchParams.set('heartbeat', String(this.heartbeatSeconds))
+      return u.toString()
+    })
+  }
+
+  #socketOptions(): Record<string, unknown> {
+    const { amqp } = this.config
+    const tls = amqp.tls
+    return {
+      keepAlive: true,
+      keepAliveDelay: amqp.keepAliveDelayMs,
+      noDelay: true,
+      timeout: amqp.connectTimeoutMs,
+      clientProperties: { connection_name: amqp.connectionName },
+      ...(tls.caFile ? { ca: [readFileSync(tls.caFile)] } : {}),
+      ...(tls.certFile ? { cert: readFileSync(tls.certFile) } : {}),
+      ...(tls.keyFile ? { key: readFileSync(tls.keyFile) } : {}),
+      rejectUnauthorized: tls.rejectUnauthorized,
+    }
+  }
+
+  async #onConnect(connection: ChannelModel, url: unknown): Promise<void> {
+    if (this.#state === 'closed') return
+    const raw = connection as ChannelModel & { connection: { stream: Socket } }
+    this.#connection = connection
+    this.#socket = raw.connection.stream
+    this.#currentUrl = typeof url === 'string' ? url : undefined
+    this.#connectedAt = Date.now()
+    this.#connects++
+    this.#lastConnectError = null
+    this.#startIdleSampling()
+    this.metrics.upstreamConnects.inc()
+    this.metrics.upstreamConnected.set(1)
+    const hb = (connection as unknown as { connection: { heartbeat: number } }).connection.heartbeat
+    this.metrics.upstreamHeartbeat.set(hb)
+    this.log.info({ url: this.#currentUrl && redactUrl(this.#currentUrl), heartbeatSeconds: hb, connects: this.#connects }, 'connected to the broker')
+    // Connection-level errors are followed by 'close', which ACM turns into 'disconnect'.
+    connection.on('error', () => {})
+    try {
+      await declareTopology(connection, this.config.topology)
+      this.#topologyError = null
+    } catch (err) {
+      this.#topologyError = err instanceof TopologyError ? err : new TopologyError('topology', undefined, err)
+      this.metrics.topologyErrors.inc()
+      this.log.error(
+        { err: this.#topologyError.message, replyCode: this.#topologyError.replyCode },
+        'topology declaration failed: the broker has an object that differs from the config (406 means inequivalent arguments). Fix the config or the broker object; it is retried on the next reconnect',
+      )
+    }
+    if (this.#connection !== connection || (this.#state as UpstreamState) === 'closed') return
+    this.#setState(this.#blockedReason ? 'blocked' : 'connected')
+    this.emit('ready', connection)
+  }
+
+  #onDisconnect(err: unknown): void {
+    const wasConnected = this.#connection !== undefined
+    const idle = this.#lastActivityAt ? Date.now() - this.#lastActivityAt : null
+    const lived = this.#connectedAt ? Date.now() - this.#connectedAt : 0
+    this.#connection = undefined
+    this.#socket = undefined
+    this.#connectedAt = undefined
+    this.#blockedReason = null
+    this.#stopIdleSampling()
+    this.metrics.upstreamConnected.set(0)
+    this.metrics.upstreamBlocked.set(0)
+    if (this.#state === 'closed') return
+    const c = classifyError(err)
+    const record: DisconnectRecord = { ...c, message: this.secrets.scrub(c.message), at: new Date().toISOString(), idleMsBefore: wasConnected ? idle : null, duringConnect: false }
+    this.#lastDisconnect = record
+    this.#history.push(record)
+    if (this.#history.length > HISTORY_LENGTH) this.#history.shift()
+    this.#disconnectsByCause[c.cause] = (this.#disconnectsByCause[c.cause] ?? 0) + 1
+    this.metrics.upstreamDisconnects.inc({ cause: c.cause })
+    if (lived >= STABLE_CONNECTION_MS) this.#backoff.reset()
+    const delay = this.#scheduleReconnect()
+    this.log.warn({ cause: c.cause, code: c.code, error: record.message, idleMsBefore: record.idleMsBefore, reconnectInMs: delay }, 'lost the broker connection')
+    this.#setState('reconnecting')
+    this.emit('lost', record)
+  }
+
+  #onConnectFailed(err: unknown, url: unknown): void {
+    if (this.#state === 'closed') return
+    const c = classifyError(err)
+    const record: DisconnectRecord = { ...c, message: this.secrets.scrub(c.message), at: new Date().toISOString(), idleMsBefore: null, duringConnect: true }
+    this.#lastConnectError = record
+    this.metrics.upstreamConnectFailures.inc({ cause: c.cause })
+    const delay = this.#scheduleReconnect()
+    this.log.warn(
+      { cause: c.cause, code: c.code, error: record.message, url: typeof url === 'string' ? redactUrl(url) : undefined, attempt: this.#backoff.attempt, retryInMs: delay },
+      'could not connect to the broker',
+    )
+    if (this.#state === 'connected' || this.#state === 'blocked') this.#setState('reconnecting')
+  }
+
+  /** ACM reads reconnectTimeInSeconds right after emitting the event, so setting it here sets the next delay. */
+  #scheduleReconnect(): number {
+    const delay = this.#backoff.next()
+    if (this.#acm) this.#acm.reconnectTimeInSeconds = delay / 1000
+    return delay
+  }
+
+  #onBlocked(reason: string): void {
+    this.#blockedReason = reason || 'blocked'
+    this.metrics.upstreamBlocked.set(1)
+    this.log.warn({ reason }, 'the broker blocked the connection (resource alarm): publishes are refused until it unblocks')
+    if (this.#state === 'connected') this.#setState('blocked')
+  }
+
+  #onUnblocked(): void {
+    this.#blockedReason = null
+    this.metrics.upstreamBlocked.set(0)
+    this.log.info('the broker unblocked the connection')
+    if (this.#state === 'blocked') this.#setState('connected')
+  }
+
+  #setState(state: UpstreamState): void {
+    if (this.#state === state) return
+    this.#state = state
+    this.emit('state', state)
+  }
+
+  // Idle time is measured from socket byte counters rather than by wrapping
+  // amqplib's writes: it sees heartbeats and every frame in both directions.
+  #startIdleSampling(): void {
+    this.#stopIdleSampling()
+    this.#lastActivityAt = Date.now()
+    this.#bytesSeen = 0
+    this.#idleTimer = setInterval(() => {
+      const s = this.#socket
+      if (!s) return
+      const seen = s.bytesRead + s.bytesWritten
+      if (seen !== this.#bytesSeen) {
+        this.#bytesSeen = seen
+        this.#lastActivityAt = Date.now()
+      }
+    }, IDLE_SAMPLE_MS).unref()
+  }
+
+  #stopIdleSampling(): void {
+    if (this.#idleTimer) clearInterval(this.#idleTimer)
+    this.#idleTimer = undefined
+  }
+}
