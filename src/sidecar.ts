@@ -51,7 +51,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
   const secrets = deps.secrets ?? new SecretRegistry()
   for (const url of config.amqp.urls) secrets.addUrl(url)
 
-  const upstream = new Upstream(config, log, metrics, secrets)
+  const upstream = new Upstream('publish', config, log, metrics, secrets)
   const buffer = new PublishBuffer(config.publish.maxBufferedMessages, config.publish.maxBufferedBytes, metrics)
   const publisher = new Publisher(upstream, buffer, metrics, log)
 

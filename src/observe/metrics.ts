@@ -1,7 +1,8 @@
 /**
  * Every Prometheus metric the sidecar exports, in one place, so docs/metrics.md
  * and the code cannot drift. Prefix amqp_sidecar_, counters end in _total,
- * durations in _seconds, and labels are bounded (outcome, cause, via, result).
+ * durations in _seconds, and labels are bounded (connection: publish|consume,
+ * outcome, cause, via, result).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 
@@ -14,23 +15,23 @@ export function createMetrics(registry = new Registry()) {
   const r = [registry]
   return {
     registry,
-    upstreamConnected: new Gauge({ name: `${PREFIX}upstream_connected`, help: '1 while the broker connection is open', registers: r }),
-    upstreamBlocked: new Gauge({ name: `${PREFIX}upstream_blocked`, help: '1 while the broker blocks the connection (memory or disk alarm)', registers: r }),
-    upstreamConnects: new Counter({ name: `${PREFIX}upstream_connects_total`, help: 'Successful broker connections', registers: r }),
+    upstreamConnected: new Gauge({ name: `${PREFIX}upstream_connected`, help: '1 while the broker connection is open', labelNames: ['connection'], registers: r }),
+    upstreamBlocked: new Gauge({ name: `${PREFIX}upstream_blocked`, help: '1 while the broker blocks the connection (memory or disk alarm)', labelNames: ['connection'], registers: r }),
+    upstreamConnects: new Counter({ name: `${PREFIX}upstream_connects_total`, help: 'Successful broker connections', labelNames: ['connection'], registers: r }),
     upstreamConnectFailures: new Counter({
       name: `${PREFIX}upstream_connect_failures_total`,
       help: 'Failed connection attempts by classified cause',
-      labelNames: ['cause'],
+      labelNames: ['connection', 'cause'],
       registers: r,
     }),
     upstreamDisconnects: new Counter({
       name: `${PREFIX}upstream_disconnects_total`,
       help: 'Lost broker connections by classified cause',
-      labelNames: ['cause'],
+      labelNames: ['connection', 'cause'],
       registers: r,
     }),
-    upstreamHeartbeat: new Gauge({ name: `${PREFIX}upstream_heartbeat_seconds`, help: 'Negotiated heartbeat of the current connection', registers: r }),
-    topologyErrors: new Counter({ name: `${PREFIX}topology_errors_total`, help: 'Failed topology declarations', registers: r }),
+    upstreamHeartbeat: new Gauge({ name: `${PREFIX}upstream_heartbeat_seconds`, help: 'Negotiated heartbeat of the current connection', labelNames: ['connection'], registers: r }),
+    topologyErrors: new Counter({ name: `${PREFIX}topology_errors_total`, help: 'Failed topology declarations', labelNames: ['connection'], registers: r }),
     published: new Counter({
       name: `${PREFIX}published_total`,
       help: 'Publish outcomes: confirmed, accepted, unroutable, nacked, unknown, rejected',

@@ -19,6 +19,14 @@ import { Backoff } from './backoff.js'
 import { classifyError, type DisconnectCause } from './classify.js'
 import { declareTopology, TopologyError } from './topology.js'
 
+/**
+ * Publishing and consuming use separate connections: RabbitMQ blocks a
+ * connection that publishes during a memory or disk alarm, and a blocked
+ * connection would also stall consumers' acks, which are what drain the
+ * queues and end the alarm. Both roles share this class and its behaviour.
+ */
+export type UpstreamRole = 'publish' | 'consume'
+
 export type UpstreamState = 'connecting' | 'connected' | 'blocked' | 'reconnecting' | 'closed'
 
 export interface DisconnectRecord {
@@ -70,15 +78,23 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   /** The heartbeat asked for on the next connection (adaptive heartbeat may lower it). */
   heartbeatSeconds: number
 
+  private readonly log: Logger
+
   constructor(
+    readonly role: UpstreamRole,
     private readonly config: SidecarConfig,
-    private readonly log: Logger,
+    log: Logger,
     private readonly metrics: Metrics,
     private readonly secrets: SecretRegistry,
   ) {
     super()
+    this.log = log.child({ connection: role })
     this.#backoff = new Backoff(config.amqp.reconnect.initialDelayMs, config.amqp.reconnect.maxDelayMs)
     this.heartbeatSeconds = config.amqp.heartbeatSeconds
+  }
+
+  get #labels() {
+    return { connection: this.role }
   }
 
   get state(): UpstreamState {
@@ -138,7 +154,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       this.#socket?.destroy()
     }
     this.#connection = undefined
-    this.metrics.upstreamConnected.set(0)
+    this.metrics.upstreamConnected.set(this.#labels, 0)
   }
 
   /** Forces a new connection (used after channel-level faults ACM cannot recover). */
@@ -163,6 +179,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     const sock = this.#socket
     const conn = this.#connection as (ChannelModel & { connection?: { heartbeat?: number } }) | undefined
     return {
+      role: this.role,
       state: this.#state,
       url: this.#currentUrl ? redactUrl(this.#currentUrl) : null,
       heartbeatSeconds: conn?.connection?.heartbeat ?? null,
@@ -206,7 +223,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       keepAliveDelay: amqp.keepAliveDelayMs,
       noDelay: true,
       timeout: amqp.connectTimeoutMs,
-      clientProperties: { connection_name: amqp.connectionName },
+      clientProperties: { connection_name: `${amqp.connectionName}:${this.role}` },
       ...(tls.caFile ? { ca: [readFileSync(tls.caFile)] } : {}),
       ...(tls.certFile ? { cert: readFileSync(tls.certFile) } : {}),
       ...(tls.keyFile ? { key: readFileSync(tls.keyFile) } : {}),
@@ -224,10 +241,10 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.#connects++
     this.#lastConnectError = null
     this.#startIdleSampling()
-    this.metrics.upstreamConnects.inc()
-    this.metrics.upstreamConnected.set(1)
+    this.metrics.upstreamConnects.inc(this.#labels)
+    this.metrics.upstreamConnected.set(this.#labels, 1)
     const hb = (connection as unknown as { connection: { heartbeat: number } }).connection.heartbeat
-    this.metrics.upstreamHeartbeat.set(hb)
+    this.metrics.upstreamHeartbeat.set(this.#labels, hb)
     this.log.info({ url: this.#currentUrl && redactUrl(this.#currentUrl), heartbeatSeconds: hb, connects: this.#connects }, 'connected to the broker')
     // Connection-level errors are followed by 'close', which ACM turns into 'disconnect'.
     connection.on('error', () => {})
@@ -236,7 +253,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       this.#topologyError = null
     } catch (err) {
       this.#topologyError = err instanceof TopologyError ? err : new TopologyError('topology', undefined, err)
-      this.metrics.topologyErrors.inc()
+      this.metrics.topologyErrors.inc(this.#labels)
       this.log.error(
         { err: this.#topologyError.message, replyCode: this.#topologyError.replyCode },
         'topology declaration failed: the broker has an object that differs from the config (406 means inequivalent arguments). Fix the config or the broker object; it is retried on the next reconnect',
@@ -256,8 +273,8 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.#connectedAt = undefined
     this.#blockedReason = null
     this.#stopIdleSampling()
-    this.metrics.upstreamConnected.set(0)
-    this.metrics.upstreamBlocked.set(0)
+    this.metrics.upstreamConnected.set(this.#labels, 0)
+    this.metrics.upstreamBlocked.set(this.#labels, 0)
     if (this.#state === 'closed') return
     const c = classifyError(err)
     const record: DisconnectRecord = { ...c, message: this.secrets.scrub(c.message), at: new Date().toISOString(), idleMsBefore: wasConnected ? idle : null, duringConnect: false }
@@ -265,7 +282,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.#history.push(record)
     if (this.#history.length > HISTORY_LENGTH) this.#history.shift()
     this.#disconnectsByCause[c.cause] = (this.#disconnectsByCause[c.cause] ?? 0) + 1
-    this.metrics.upstreamDisconnects.inc({ cause: c.cause })
+    this.metrics.upstreamDisconnects.inc({ ...this.#labels, cause: c.cause })
     if (lived >= STABLE_CONNECTION_MS) this.#backoff.reset()
     const delay = this.#scheduleReconnect()
     this.log.warn({ cause: c.cause, code: c.code, error: record.message, idleMsBefore: record.idleMsBefore, reconnectInMs: delay }, 'lost the broker connection')
@@ -278,7 +295,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     const c = classifyError(err)
     const record: DisconnectRecord = { ...c, message: this.secrets.scrub(c.message), at: new Date().toISOString(), idleMsBefore: null, duringConnect: true }
     this.#lastConnectError = record
-    this.metrics.upstreamConnectFailures.inc({ cause: c.cause })
+    this.metrics.upstreamConnectFailures.inc({ ...this.#labels, cause: c.cause })
     const delay = this.#scheduleReconnect()
     this.log.warn(
       { cause: c.cause, code: c.code, error: record.message, url: typeof url === 'string' ? redactUrl(url) : undefined, attempt: this.#backoff.attempt, retryInMs: delay },
@@ -296,14 +313,14 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
 
   #onBlocked(reason: string): void {
     this.#blockedReason = reason || 'blocked'
-    this.metrics.upstreamBlocked.set(1)
+    this.metrics.upstreamBlocked.set(this.#labels, 1)
     this.log.warn({ reason }, 'the broker blocked the connection (resource alarm): publishes are refused until it unblocks')
     if (this.#state === 'connected') this.#setState('blocked')
   }
 
   #onUnblocked(): void {
     this.#blockedReason = null
-    this.metrics.upstreamBlocked.set(0)
+    this.metrics.upstreamBlocked.set(this.#labels, 0)
     this.log.info('the broker unblocked the connection')
     if (this.#state === 'blocked') this.#setState('connected')
   }
