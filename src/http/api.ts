@@ -7,6 +7,7 @@ import { SidecarError } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import { serverLogging } from './server-options.js'
 import { installErrorHandling, sendError } from './errors.js'
+import { registerOpenApi } from './openapi.js'
 import { publishRoutes, type PublishRouteDeps } from './routes/publish.js'
 import { statusRoutes } from './routes/status.js'
 
@@ -35,6 +36,8 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', async (_req, reply) => {
     if (!deps.accepting()) return sendError(reply, new SidecarError('SHUTTING_DOWN'))
   })
+  // Before every route: @fastify/swagger documents the routes registered after it.
+  await registerOpenApi(app)
   await app.register(publishRoutes, deps)
   await app.register(statusRoutes, { status: deps.status })
   return app

@@ -9,6 +9,7 @@ import { fromEnvelope, fromRawRequest, parseAckMode, parseTimeout, type Envelope
 import type { Publisher, PublishResult } from '../../publish/publisher.js'
 import { sendError, toSidecarError } from '../errors.js'
 import { publishBodySchema } from '../schemas.js'
+import { errorResponses, publishBatchResponse, publishHeadersSchema, publishParamsSchema, publishResultResponse } from '../responses.js'
 
 export interface PublishRouteDeps {
   publisher: Publisher
@@ -40,11 +41,31 @@ export async function publishRoutes(app: FastifyInstance, deps: PublishRouteDeps
       const result = await publisher.publish(msg, { deadlineMs, mode })
       return reply.code(statusOf(result)).send(result)
     }
-    raw.post('/v1/publish/:exchange', handler)
-    raw.post('/v1/publish/:exchange/*', handler)
+    const schema = {
+      summary: 'Publish the raw request body; AMQP properties come from headers',
+      params: publishParamsSchema,
+      headers: publishHeadersSchema,
+      response: {
+        200: { description: 'Confirmed by the broker (and routed, when mandatory)', ...publishResultResponse },
+        202: { description: 'Accepted into the buffer (X-Ack: accepted); not yet confirmed', ...publishResultResponse },
+        ...errorResponses,
+      },
+    }
+    raw.post('/v1/publish/:exchange', { schema }, handler)
+    raw.post('/v1/publish/:exchange/*', { schema }, handler)
   })
 
-  app.post<{ Body: Envelope | Envelope[] }>('/v1/publish', { schema: { body: publishBodySchema }, bodyLimit: deps.bodyLimitBytes }, async (req, reply) => {
+  const envelopeSchema = {
+    summary: 'Publish one JSON envelope, or an array of them (batch, results in order)',
+    body: publishBodySchema,
+    response: {
+      200: { description: 'Confirmed: one result for an envelope, results for a batch', anyOf: [publishResultResponse, publishBatchResponse] },
+      202: { description: 'Accepted into the buffer (X-Ack: accepted)', anyOf: [publishResultResponse, publishBatchResponse] },
+      207: { description: 'A batch where some messages failed; see results[].error', ...publishBatchResponse },
+      ...errorResponses,
+    },
+  }
+  app.post<{ Body: Envelope | Envelope[] }>('/v1/publish', { schema: envelopeSchema, bodyLimit: deps.bodyLimitBytes }, async (req, reply) => {
     const deadlineMs = parseTimeout(header(req, 'x-timeout-ms'), defaults.timeoutMs)
     const mode = parseAckMode(header(req, 'x-ack'))
     if (!Array.isArray(req.body)) {
