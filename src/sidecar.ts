@@ -114,6 +114,8 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         log,
         publisher,
         bodyLimitBytes: config.api.bodyLimitBytes,
+        api: config.api,
+        secrets,
         defaults: {
           mandatory: config.publish.mandatory,
           persistent: config.publish.persistent,

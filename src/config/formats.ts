@@ -6,6 +6,8 @@
 import convict from 'convict'
 
 const NAME_RE = /^[A-Za-z0-9\-_.:]*$/
+/** A DNS name or IPv4 address, or an IPv6 address in brackets; never a port. */
+const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*\.?|\[[0-9A-Fa-f:.]+\])$/
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
 
 function assertKeys(where: string, obj: Record<string, unknown>, allowed: readonly string[]): void {
@@ -63,6 +65,15 @@ export function registerFormats(): void {
         v.forEach((n, i) => assertName(`[${i}]`, n, true))
       },
       coerce: (v: unknown) => (v === 'null' || v === '' ? null : typeof v === 'string' ? v.split(',').map((s) => s.trim()) : v),
+    },
+    'host-list': {
+      validate(v: unknown) {
+        if (!Array.isArray(v)) throw new Error('must be a list of host names')
+        v.forEach((h, i) => {
+          if (typeof h !== 'string' || !HOST_RE.test(h)) throw new Error(`[${i}]: must be a host name or IP address without a port (IPv6 in brackets)`)
+        })
+      },
+      coerce: (v: unknown) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : v),
     },
     'exchange-list': {
       validate(v: unknown) {

@@ -58,6 +58,7 @@ export function extractConfigFlag(args: string[]): { file: string | undefined; r
 export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   const env = opts.env ?? process.env
   const { file: flagFile, rest } = extractConfigFlag(opts.args ?? [])
+  refuseSecretFlags(rest)
   const file = opts.file !== undefined ? opts.file : flagFile ?? env.AMQP_SIDECAR_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : null)
   const conf = convict<Config>(schema as never, { env, args: rest })
   try {
@@ -73,10 +74,31 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
     throw new ConfigError(`invalid configuration${file ? ` (${file})` : ''}: ${(err as Error).message}`)
   }
   const config = deepFreeze(conf.getProperties()) as SidecarConfig
+  if (config.api.headersTimeoutMs > config.api.requestTimeoutMs) {
+    // Node refuses this combination at listen time; say so at load time instead.
+    throw new ConfigError('invalid configuration: api.headersTimeoutMs must not exceed api.requestTimeoutMs')
+  }
   if (config.amqp.reconnect.initialDelayMs > config.amqp.reconnect.maxDelayMs) {
     throw new ConfigError('invalid configuration: amqp.reconnect.initialDelayMs must not exceed amqp.reconnect.maxDelayMs')
   }
   return { config, file, describe: () => conf.toString() }
+}
+
+/** Flags that would put a secret in argv (visible to every user through ps and /proc). */
+const SECRET_FLAGS = ['--amqp.urls']
+
+/**
+ * convict silently ignores a flag that has no `arg`, so a broker URL given on
+ * the command line would be dropped without a word. Refuse it loudly instead,
+ * without echoing the value (it carries a password).
+ */
+function refuseSecretFlags(args: readonly string[]): void {
+  for (const a of args) {
+    const flag = SECRET_FLAGS.find((f) => a === f || a.startsWith(`${f}=`) || a.startsWith(`${f}.`))
+    if (flag) {
+      throw new ConfigError(`${flag} is not accepted on the command line (argv is visible to every local user); use amqp.urlFile, AMQP_URL or the config file`)
+    }
+  }
 }
 
 function deepFreeze<T>(value: T): T {

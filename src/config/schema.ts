@@ -54,6 +54,21 @@ export const schema = {
     port: { doc: 'API listener port (0 picks a free one).', format: 'port', default: 8672 },
     tokenFile: { doc: 'A file holding a bearer token the API requires. null: no token.', format: 'nullable-string', default: null },
     bodyLimitBytes: { doc: 'Largest request body accepted.', format: 'nat', default: 4194304, min: 1 },
+    allowedHosts: {
+      doc: 'Host header names (no port) the API answers besides loopback (127.0.0.1, localhost, [::1]). Any other Host is refused 403 HOST_NOT_ALLOWED (DNS rebinding). E.g. ["amqp-sidecar.local"].',
+      format: 'host-list',
+      default: [],
+    },
+    maxHeaderBytes: { doc: 'Largest request head (request line plus headers) accepted; larger answers 431.', format: 'nat', default: 16384, min: 1024 },
+    headersTimeoutMs: ms('Deadline for a client to send the complete request head, from connect (slowloris); answered 408.', 10000, 1),
+    requestTimeoutMs: ms('Deadline for a client to send the complete request, head and body (slow uploads); answered 408. Waiting for the response does not count.', 60000, 1),
+    keepAliveTimeoutMs: ms('How long an idle keep-alive connection is kept open between requests.', 65000, 1),
+    wsMaxPayloadBytes: {
+      doc: 'Largest WebSocket message accepted on /v1/ws; larger closes the socket with 1009. Default fits a base64 body of api.bodyLimitBytes plus its envelope.',
+      format: 'nat',
+      default: 6 * 1024 * 1024,
+      min: 1024,
+    },
   },
   ops: {
     host: { doc: 'Operations listener address (/livez, /readyz, /metrics).', format: String, default: '0.0.0.0' },

@@ -44,7 +44,18 @@ export interface Config {
     connectionName: string
     tls: { caFile: string | null; certFile: string | null; keyFile: string | null; rejectUnauthorized: boolean }
   }
-  api: { host: string; port: number; tokenFile: string | null; bodyLimitBytes: number }
+  api: {
+    host: string
+    port: number
+    tokenFile: string | null
+    bodyLimitBytes: number
+    allowedHosts: string[]
+    maxHeaderBytes: number
+    headersTimeoutMs: number
+    requestTimeoutMs: number
+    keepAliveTimeoutMs: number
+    wsMaxPayloadBytes: number
+  }
   ops: { host: string; port: number }
   publish: {
     timeoutMs: number

@@ -7,6 +7,12 @@ import { SidecarError } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import { serverLogging } from './server-options.js'
 import { installErrorHandling, sendError } from './errors.js'
+import { installValidation } from './validation.js'
+import { installGuard } from './guard.js'
+import { serverLimits } from './limits.js'
+import { ApiToken } from './token.js'
+import type { SidecarConfig } from '../config/index.js'
+import type { SecretRegistry } from '../observe/redact.js'
 import { registerOpenApi } from './openapi.js'
 import { publishRoutes, type PublishRouteDeps } from './routes/publish.js'
 import { statusRoutes } from './routes/status.js'
@@ -16,23 +22,27 @@ export interface ApiDeps extends PublishRouteDeps {
   status: () => Record<string, unknown>
   /** False once the sidecar stopped serving (after shutdown.drainMs). */
   accepting: () => boolean
+  /** api.*: limits, api.tokenFile and api.allowedHosts (see http/limits.ts and http/guard.ts). */
+  api: SidecarConfig['api']
+  /** The API token is registered here so it is scrubbed from every log line. */
+  secrets: SecretRegistry
 }
 
-/** Slow or idle clients cannot hold a socket for ever. */
-const REQUEST_TIMEOUT_MS = 330_000
-const KEEP_ALIVE_TIMEOUT_MS = 65_000
-
 export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
+  // Read before listening: a missing or invalid token file stops the start (fail closed).
+  const token = deps.api.tokenFile ? new ApiToken(deps.api.tokenFile, deps.secrets, deps.log) : null
   const app = Fastify({
     ...serverLogging(deps.log, 'api'),
-    bodyLimit: deps.bodyLimitBytes,
-    requestTimeout: REQUEST_TIMEOUT_MS,
-    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    // Body, head size, slowloris and idle limits; bodyLimit is api.bodyLimitBytes.
+    ...serverLimits(deps.api),
     // Close idle keep-alive sockets on close(), so shutdown is not held by a pooled client.
     forceCloseConnections: 'idle',
     return503OnClosing: false,
   })
   installErrorHandling(app, deps.log)
+  installValidation(app)
+  // First hook: Origin/Host/token checks run before anything else, WebSocket upgrades included.
+  installGuard(app, { allowedHosts: deps.api.allowedHosts, apiHost: deps.api.host, token })
   app.addHook('onRequest', async (_req, reply) => {
     if (!deps.accepting()) return sendError(reply, new SidecarError('SHUTTING_DOWN'))
   })

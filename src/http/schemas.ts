@@ -37,7 +37,7 @@ export const envelopeSchema = {
     headers: {
       type: 'object',
       maxProperties: 256,
-      additionalProperties: { anyOf: [{ type: 'string' }, { type: 'number' }, { type: 'boolean' }, { type: 'null' }] },
+      additionalProperties: { type: ['string', 'number', 'boolean', 'null'] },
     },
     mandatory: { type: 'boolean' },
   },

@@ -61,6 +61,8 @@ interface ChannelSlot {
   channel: ConfirmChannel
   connection: ChannelModel
   open: boolean
+  /** False after amqplib's publish() said its write buffer is full, until 'drain'. */
+  hasRoom: boolean
   written: Set<Entry>
 }
 
@@ -72,6 +74,7 @@ export class Publisher {
   #queue: Entry[] = []
   #slot: ChannelSlot | undefined
   #flushing = false
+  #flushRequested = false
   #closed = false
   readonly #exchanges = new ExchangeRegistry()
 
@@ -167,7 +170,7 @@ export class Publisher {
       this.log.warn({ err: (err as Error).message }, 'could not open the publish channel')
       return
     }
-    const slot: ChannelSlot = { channel, connection, open: true, written: new Set() }
+    const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, written: new Set() }
     // Prepended so it runs before amqplib's own close handler fails the confirm
     // callbacks: the entries are settled as "unknown" first, and those callbacks
     // find them done instead of mistaking a lost channel for a nack.
@@ -177,7 +180,10 @@ export class Publisher {
       this.log.warn({ err: (err as Error).message, code: channelErrorCode(err) }, 'the broker closed the publish channel')
     })
     channel.on('return', (m: { fields: { exchange: string; routingKey: string }; properties: { messageId?: string } }) => this.#onReturn(slot, m))
-    channel.on('drain', () => this.#flush())
+    channel.on('drain', () => {
+      slot.hasRoom = true
+      this.#flush()
+    })
     if (this.#closed) {
       await channel.close().catch(noop)
       return
@@ -220,18 +226,31 @@ export class Publisher {
     }
   }
 
+  /**
+   * Starts the writer, or asks the running one for another pass. The request
+   * flag closes the gap where a message is queued while the writer is
+   * finishing its last await and would otherwise wait for the next event.
+   */
   #flush(): void {
+    this.#flushRequested = true
     if (this.#flushing) return
     this.#flushing = true
-    void this.#writeQueued().finally(() => {
-      this.#flushing = false
-    })
+    void (async () => {
+      try {
+        while (this.#flushRequested) {
+          this.#flushRequested = false
+          await this.#writeQueued()
+        }
+      } finally {
+        this.#flushing = false
+      }
+    })()
   }
 
   async #writeQueued(): Promise<void> {
     while (this.#queue.length > 0) {
       const slot = this.#slot
-      if (!slot || !slot.open || this.upstream.state === 'blocked') return
+      if (!slot || !slot.open || !slot.hasRoom || this.upstream.state === 'blocked') return
       const entry = this.#queue[0] as Entry
       if (entry.state === 'done') {
         this.#queue.shift()
@@ -267,7 +286,10 @@ export class Publisher {
       }
       this.upstream.touch()
       // amqplib's write buffer is full: wait for its 'drain' before writing more.
-      if (!hasRoom) return
+      if (!hasRoom) {
+        slot.hasRoom = false
+        return
+      }
     }
   }
 

@@ -205,6 +205,9 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       urls = readFileSync(amqp.urlFile, 'utf8').split(/[\n,]/).map((s) => s.trim()).filter((s) => s && !s.startsWith('#'))
       if (urls.length === 0) throw new Error(`amqp.urlFile ${amqp.urlFile} holds no URL`)
     }
+    // TLS files are re-read with the URLs (ACM reads connectionOptions right after this
+    // returns), so a rotated CA, client certificate or key applies on the next reconnect too.
+    if (this.#acm) this.#acm.connectionOptions = this.#socketOptions()
     return urls.map((raw) => {
       this.secrets.addUrl(raw)
       const u = new URL(raw)

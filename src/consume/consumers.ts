@@ -1,0 +1,191 @@
+/**
+ * Every consumer the sidecar runs, on the consume connection: WebSocket
+ * subscriptions, pull queues and push workers, plus the one lease table that
+ * all acks go through. Owns their lifecycle:
+ *
+ *   running --stopConsuming()--> draining --close()--> closed
+ *
+ * stopConsuming() (shutdown step 1) cancels every consumer and requeues
+ * prefetched messages nobody was given; acks keep working while the app
+ * drains its leases; close() requeues what is still leased and closes the
+ * channels. Nothing is ever dead-lettered by shutdown.
+ */
+import type { SidecarConfig } from '../config/index.js'
+import { SidecarError } from '../errors.js'
+import type { Logger } from '../observe/logger.js'
+import type { Metrics } from '../observe/metrics.js'
+import type { Upstream, UpstreamState } from '../upstream/connection.js'
+import { LeaseTable, type SettleResult } from './leases.js'
+import { PullQueue, type PullRequest } from './pull.js'
+import { PushWorker } from './push.js'
+import type { DeliveredMessage } from './delivery.js'
+import { Subscription, type SubscriptionSink } from './subscription.js'
+
+export type ConsumersState = 'running' | 'draining' | 'closed'
+
+/** Something told about upstream state changes (a WebSocket client). */
+export interface StatusListener {
+  onUpstreamState(state: UpstreamState): void
+  /** Shutdown: the listener releases its leases and goes away. */
+  close(): Promise<void>
+  /** Shutdown step 1: cancel its consumers, keep its leases. */
+  stopConsuming(): Promise<void>
+}
+
+const QUEUE_NAME_RE = /^[A-Za-z0-9\-_.:]{1,255}$/
+/** Upper bound on any prefetch an app asks for. */
+export const MAX_PREFETCH = 1000
+/** Leases stay well below RabbitMQ's consumer_timeout (30 min by default). */
+export const MAX_LEASE_MS = 15 * 60_000
+
+export interface ConsumersDeps {
+  config: SidecarConfig
+  upstream: Upstream
+  log: Logger
+  metrics: Metrics
+}
+
+export type SettleAction = { kind: 'ack' } | { kind: 'nack'; requeue: boolean }
+
+export class Consumers {
+  readonly leases: LeaseTable
+  readonly upstream: Upstream
+  #state: ConsumersState = 'running'
+  readonly #subscriptions = new Set<Subscription>()
+  readonly #pull = new Map<string, PullQueue>()
+  readonly #push: PushWorker[] = []
+  readonly #listeners = new Set<StatusListener>()
+  readonly #log: Logger
+
+  constructor(private readonly deps: ConsumersDeps) {
+    this.upstream = deps.upstream
+    this.leases = new LeaseTable(deps.metrics)
+    this.#log = deps.log.child({ part: 'consume' })
+    deps.upstream.on('ready', (conn) => {
+      for (const sub of this.#subscriptions) void sub.attach(conn)
+    })
+    deps.upstream.on('state', (s) => {
+      for (const l of this.#listeners) l.onUpstreamState(s)
+    })
+  }
+
+  get state(): ConsumersState {
+    return this.#state
+  }
+
+  get config(): SidecarConfig['consume'] {
+    return this.deps.config.consume
+  }
+
+  /** Push subscriptions from config start with the sidecar. */
+  start(): void {
+    for (const p of this.deps.config.consume.push) {
+      const worker = new PushWorker(p, this, this.deps.config, this.deps.log, this.deps.metrics)
+      this.#push.push(worker)
+      worker.start()
+    }
+  }
+
+  /** Throws INVALID_REQUEST / QUEUE_NOT_ALLOWED / SHUTTING_DOWN; answers the queue name. */
+  checkQueue(queue: unknown): string {
+    if (typeof queue !== 'string' || !QUEUE_NAME_RE.test(queue)) {
+      throw new SidecarError('INVALID_REQUEST', 'queue must be 1-255 characters of letters, digits, "-", "_", ".", ":"')
+    }
+    const allowed = this.deps.config.consume.allowedQueues
+    if (allowed && !allowed.includes(queue)) throw new SidecarError('QUEUE_NOT_ALLOWED', `Consuming from queue "${queue}" is not allowed by consume.allowedQueues`)
+    return queue
+  }
+
+  /** A new subscription on the consume connection (not started). Refused once draining. */
+  subscribe(queue: string, prefetch: number, sink: SubscriptionSink): Subscription {
+    if (this.#state !== 'running') throw new SidecarError('SHUTTING_DOWN', 'The sidecar is shutting down: no new subscriptions')
+    const sub = new Subscription({ queue, prefetch, upstream: this.upstream, topology: this.deps.config.topology, log: this.#log, sink })
+    this.#subscriptions.add(sub)
+    return sub
+  }
+
+  /** Stops a subscription and forgets it. */
+  async unsubscribe(sub: Subscription): Promise<void> {
+    this.#subscriptions.delete(sub)
+    await sub.stop()
+  }
+
+  async pull(queue: string, req: PullRequest): Promise<DeliveredMessage[]> {
+    if (this.#state !== 'running') throw new SidecarError('SHUTTING_DOWN', 'The sidecar is shutting down: no new pulls')
+    let pq = this.#pull.get(queue)
+    if (!pq || pq.closed) {
+      const created: PullQueue = new PullQueue(
+        { queue, prefetch: this.deps.config.consume.defaultPrefetch, upstream: this.upstream, topology: this.deps.config.topology, log: this.#log },
+        this.leases,
+        this.deps.config.consume.pullIdleMs,
+        this.#log,
+        (q) => {
+          if (this.#pull.get(queue) === q) this.#pull.delete(queue)
+          this.#subscriptions.delete(q.subscription)
+        },
+      )
+      pq = created
+      this.#pull.set(queue, created)
+      this.#subscriptions.add(created.subscription)
+    }
+    return pq.pull(req)
+  }
+
+  /** Settles a list of deliveries (HTTP ack/nack, WebSocket ack/nack). Push deliveries are the sidecar's own. */
+  settle(deliveryIds: readonly string[], action: SettleAction): { deliveryId: string; result: SettleResult }[] {
+    return deliveryIds.map((deliveryId) => {
+      const lease = this.leases.get(deliveryId)
+      if (lease?.via === 'push') return { deliveryId, result: 'unknown' as const }
+      const result = action.kind === 'ack' ? this.leases.ack(deliveryId) : this.leases.nack(deliveryId, action.requeue)
+      return { deliveryId, result }
+    })
+  }
+
+  addListener(l: StatusListener): void {
+    this.#listeners.add(l)
+  }
+
+  removeListener(l: StatusListener): void {
+    this.#listeners.delete(l)
+  }
+
+  status() {
+    return {
+      state: this.#state,
+      leases: this.leases.size,
+      websocketClients: this.#listeners.size,
+      subscriptions: this.#subscriptions.size,
+      pull: [...this.#pull.values()].map((q) => q.status()),
+      push: this.#push.map((w) => w.status()),
+    }
+  }
+
+  /** Shutdown step 1: cancel every consumer, requeue what was prefetched but never handed out. */
+  async stopConsuming(): Promise<void> {
+    if (this.#state !== 'running') return
+    this.#state = 'draining'
+    await Promise.all([
+      ...[...this.#pull.values()].map((q) => q.stopConsuming()),
+      ...this.#push.map((w) => w.stopConsuming()),
+      ...[...this.#listeners].map((l) => l.stopConsuming()),
+    ])
+    this.#log.info({ leases: this.leases.size }, 'consumers cancelled; outstanding leases can still be acked during the drain')
+  }
+
+  /** Final: requeue every lease still held (nack requeue=true), close every consumer channel. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#state === 'closed') return
+    await this.stopConsuming()
+    this.#state = 'closed'
+    const held = this.leases.size
+    await Promise.all([...this.#push].map((w) => w.close()))
+    await Promise.all([...this.#listeners].map((l) => l.close()))
+    for (const lease of [...this.leases.leases()]) this.leases.release(lease.deliveryId)
+    this.leases.clearTimers()
+    await Promise.all([...this.#pull.values()].map((q) => q.close()))
+    await Promise.all([...this.#subscriptions].map((s) => s.stop()))
+    this.#subscriptions.clear()
+    this.#pull.clear()
+    if (held > 0) this.#log.warn({ requeued: held }, 'deliveries still leased at shutdown were requeued')
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * The delivered-message shape, the same on every surface (DESIGN.md section 3):
+ *   {deliveryId, queue, exchange, routingKey, redelivered, body, bodyEncoding,
+ *    properties: {messageId, correlationId, contentType, headers, ...}}
+ * The body is a UTF-8 string when the bytes are valid UTF-8, base64 otherwise
+ * (or always, when the app asks for base64).
+ */
+import { isUtf8 } from 'node:buffer'
+import type { ConsumeMessage } from 'amqplib'
+
+export type BodyEncoding = 'utf8' | 'base64'
+
+export interface DeliveredMessage {
+  deliveryId: string
+  queue: string
+  exchange: string
+  routingKey: string
+  redelivered: boolean
+  body: string
+  bodyEncoding: BodyEncoding
+  properties: Record<string, unknown>
+}
+
+const PROPERTY_NAMES = [
+  'messageId',
+  'correlationId',
+  'contentType',
+  'contentEncoding',
+  'replyTo',
+  'expiration',
+  'priority',
+  'type',
+  'appId',
+  'timestamp',
+  'userId',
+  'deliveryMode',
+] as const
+
+export function toDelivered(deliveryId: string, queue: string, msg: ConsumeMessage, forceBase64 = false): DeliveredMessage {
+  const utf8 = !forceBase64 && isUtf8(msg.content)
+  const props = msg.properties as unknown as Record<string, unknown>
+  const properties: Record<string, unknown> = {}
+  for (const name of PROPERTY_NAMES) {
+    const v = props[name]
+    if (v !== undefined && v !== null) properties[name] = jsonSafe(v)
+  }
+  properties['headers'] = jsonSafe(msg.properties.headers ?? {})
+  return {
+    deliveryId,
+    queue,
+    exchange: msg.fields.exchange,
+    routingKey: msg.fields.routingKey,
+    redelivered: msg.fields.redelivered,
+    body: msg.content.toString(utf8 ? 'utf8' : 'base64'),
+    bodyEncoding: utf8 ? 'utf8' : 'base64',
+    properties,
+  }
+}
+
+/** AMQP header tables may hold byte arrays, 64-bit integers and nested tables: make them JSON. */
+export function jsonSafe(v: unknown): unknown {
+  if (v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return v
+  if (typeof v === 'bigint') return v.toString()
+  if (Buffer.isBuffer(v)) return isUtf8(v) ? v.toString('utf8') : v.toString('base64')
+  if (v instanceof Date) return v.toISOString()
+  if (Array.isArray(v)) return v.map(jsonSafe)
+  if (typeof v === 'object') {
+    const out: Record<string, unknown> = {}
+    for (const [k, x] of Object.entries(v as Record<string, unknown>)) out[k] = jsonSafe(x)
+    return out
+  }
+  return String(v)
+}
+
+/** A header value as one HTTP header line (push): strings as they are, anything else as JSON. */
+export function headerText(v: unknown): string {
+  const safe = jsonSafe(v)
+  const text = typeof safe === 'string' ? safe : JSON.stringify(safe)
+  // HTTP header values cannot carry control characters or non-Latin-1 text.
+  return /^[\x20-\x7e]*$/.test(text) ? text : encodeURIComponent(text)
+}

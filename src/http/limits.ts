@@ -1,0 +1,69 @@
+/**
+ * Resource limits of the API listener, so a slow or hostile local client
+ * cannot hold sockets or memory for ever (DESIGN.md section 8):
+ *
+ * - head size: api.maxHeaderBytes (Node's maxHeaderSize), else 431 HEADERS_TOO_LARGE;
+ * - head deadline: api.headersTimeoutMs from connect (slowloris), else 408 REQUEST_TIMEOUT;
+ * - request deadline: api.requestTimeoutMs to receive head and body (slow
+ *   uploads), else 408; time spent waiting for the answer does not count, so
+ *   long publishes and long polls are unaffected;
+ * - idle keep-alive: api.keepAliveTimeoutMs between requests;
+ * - body: api.bodyLimitBytes (fastify's bodyLimit), else 413 PAYLOAD_TOO_LARGE;
+ * - WebSocket messages: api.wsMaxPayloadBytes (for @fastify/websocket's maxPayload).
+ *
+ * Errors Node raises before a request exists (bad framing, timeouts, an
+ * oversized head) are answered here with the registry's JSON body, because
+ * fastify's error handler never sees them.
+ */
+import { STATUS_CODES, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
+import type { SidecarConfig } from '../config/index.js'
+import { SidecarError, type ErrorCode } from '../errors.js'
+
+/** Node checks header/request deadlines on an interval (30 s by default): keep it well under the deadline. */
+const MAX_CHECK_INTERVAL_MS = 1_000
+const MIN_CHECK_INTERVAL_MS = 50
+
+type ApiLimits = Pick<SidecarConfig['api'], 'maxHeaderBytes' | 'headersTimeoutMs' | 'requestTimeoutMs' | 'keepAliveTimeoutMs' | 'bodyLimitBytes'>
+
+const CLIENT_ERROR_CODES: Record<string, ErrorCode> = {
+  ERR_HTTP_REQUEST_TIMEOUT: 'REQUEST_TIMEOUT',
+  HPE_HEADER_OVERFLOW: 'HEADERS_TOO_LARGE',
+}
+
+/** The fastify constructor options that enforce the limits. */
+export function serverLimits(api: ApiLimits) {
+  const checkEvery = Math.max(MIN_CHECK_INTERVAL_MS, Math.min(MAX_CHECK_INTERVAL_MS, Math.floor(api.headersTimeoutMs / 4)))
+  return {
+    bodyLimit: api.bodyLimitBytes,
+    requestTimeout: api.requestTimeoutMs,
+    keepAliveTimeout: api.keepAliveTimeoutMs,
+    http: {
+      maxHeaderSize: api.maxHeaderBytes,
+      headersTimeout: api.headersTimeoutMs,
+      requestTimeout: api.requestTimeoutMs,
+      connectionsCheckingInterval: checkEvery,
+    },
+    clientErrorHandler,
+  }
+}
+
+/** The raw HTTP/1.1 response for an error raised before fastify had a request. */
+export function rawErrorResponse(error: SidecarError): string {
+  const body = JSON.stringify(error.toBody())
+  return (
+    `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}\r\n` +
+    `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+  )
+}
+
+function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const code = CLIENT_ERROR_CODES[err.code ?? ''] ?? 'INVALID_REQUEST'
+  // Like Node's own handler: never write into a response that has started.
+  const inFlight = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage
+  if (socket.writable && !inFlight?.headersSent) {
+    socket.write(rawErrorResponse(new SidecarError(code, code === 'INVALID_REQUEST' ? 'The request is not valid HTTP' : undefined)))
+  }
+  socket.destroy()
+}
