@@ -12,7 +12,6 @@ interface Leaf {
   env?: string
   arg?: string
   sensitive?: boolean
-  min?: number
 }
 
 const isLeaf = (v: object): v is Leaf => 'doc' in v && 'default' in v
@@ -36,9 +35,8 @@ function rows(node: Record<string, object>, path: string[], out: string[]): void
     const def = value.sensitive ? '(sensitive)' : code(JSON.stringify(value.default))
     const env = value.env ? code(value.env) : 'file only'
     const arg = value.arg ? code(`--${value.arg}`) : 'file only'
-    const min = value.min !== undefined ? ` Minimum ${value.min}.` : ''
     const secret = value.sensitive ? ' **Sensitive**: masked by check-config, never accepted on the command line.' : ''
-    out.push(`| ${code(p.join('.'))} | ${cell(formatName(value.format))} | ${cell(def)} | ${env} | ${arg} | ${cell(value.doc + min + secret)} |`)
+    out.push(`| ${code(p.join('.'))} | ${cell(formatName(value.format))} | ${cell(def)} | ${env} | ${arg} | ${cell(value.doc + secret)} |`)
   }
 }
 

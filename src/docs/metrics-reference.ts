@@ -10,11 +10,6 @@ import { createMetrics, PREFIX } from '../observe/metrics.js'
 export function renderMetricsReference(): string {
   const registry = new Registry()
   createMetrics(registry)
-  const defaults = new Registry()
-  // The same default collectors createMetrics() installs, to tell them apart.
-  const { collectDefaultMetrics } = { collectDefaultMetrics: (r: Registry) => import('prom-client').then((m) => m.collectDefaultMetrics({ register: r, prefix: PREFIX })) }
-  void collectDefaultMetrics
-  void defaults
   const own = registry.getMetricsAsArray().filter((m) => !isDefaultMetric(m.name))
   const out = [
     '# Metrics reference',
