@@ -25,8 +25,8 @@ const sc = await startSidecar(t, {
   api: { bodyLimitBytes: 1024 },
 })
 t.teardown(async () => {
-  await amqp.ch.deleteExchange(exchange).catch(() => {})
-  await amqp.ch.deleteExchange(unboundExchange).catch(() => {})
+  await (await amqp.channel()).deleteExchange(exchange).catch(() => {})
+  await (await amqp.channel()).deleteExchange(unboundExchange).catch(() => {})
 })
 await waitFor(async () => (await fetch(`${sc.ops}/readyz`)).status === 200, { timeoutMs: 15_000, what: 'sidecar ready' })
 
