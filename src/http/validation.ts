@@ -7,7 +7,8 @@
 import { Ajv, type Options } from 'ajv'
 import type { FastifyInstance, FastifySchema } from 'fastify'
 
-const common: Options = { allErrors: false, allowUnionTypes: true, useDefaults: true, strict: true }
+// strict: false lets schemas carry documentation keywords (description, example) for OpenAPI.
+const common: Options = { allErrors: false, allowUnionTypes: true, useDefaults: true, strict: false }
 
 export function installValidation(app: FastifyInstance): void {
   const strictBodies = new Ajv({ ...common, coerceTypes: false, removeAdditional: false })
