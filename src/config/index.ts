@@ -5,6 +5,7 @@
  * config/default.json next to the package.
  */
 import convict from 'convict'
+import JSON5 from 'json5'
 import { existsSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -15,6 +16,8 @@ import type { Config, SidecarConfig } from './types.js'
 export type { SidecarConfig } from './types.js'
 
 registerFormats()
+// The annotated example (config/example.jsonc) carries comments; JSON5 reads it.
+convict.addParser([{ extension: ['jsonc', 'json5'], parse: (text: string) => JSON5.parse(text) }])
 
 const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const DEFAULT_CONFIG_FILE = join(PACKAGE_ROOT, 'config', 'default.json')
