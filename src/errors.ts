@@ -18,6 +18,7 @@ export const ERROR_CODES = {
   QUEUE_NOT_FOUND: { status: 404, message: 'The broker has no such queue' },
   REQUEST_TIMEOUT: { status: 408, message: 'The request was not received in time' },
   DELIVERY_STALE: { status: 409, message: 'The delivery belongs to a channel that is gone' },
+  DELIVERY_UNKNOWN: { status: 404, message: 'No such delivery is outstanding (already settled, or never handed out)' },
   PAYLOAD_TOO_LARGE: { status: 413, message: 'The body is over the configured limit' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'Unsupported content type' },
   UNROUTABLE: { status: 422, message: 'The broker returned the message: no queue is bound for it' },

@@ -8,6 +8,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { AddressInfo } from 'node:net'
 import type { SidecarConfig } from './config/index.js'
+import { Consumers } from './consume/consumers.js'
 import { buildApiServer } from './http/api.js'
 import { buildOpsServer, type Readiness } from './http/ops.js'
 import type { Logger } from './observe/logger.js'
@@ -34,6 +35,9 @@ export interface Addresses {
 export interface Sidecar {
   readonly state: SidecarState
   readonly upstream: Upstream
+  /** The second connection, for consumers and their acks (see upstream/connection.ts). */
+  readonly consumeUpstream: Upstream
+  readonly consumers: Consumers
   readonly metrics: Metrics
   start(): Promise<Addresses>
   /** Staged shutdown; resolves when everything is closed. Idempotent. */
@@ -54,6 +58,9 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
   const upstream = new Upstream('publish', config, log, metrics, secrets)
   const buffer = new PublishBuffer(config.publish.maxBufferedMessages, config.publish.maxBufferedBytes, metrics)
   const publisher = new Publisher(upstream, buffer, metrics, log)
+  // Consumers get their own connection: a memory alarm blocks the publishing one, and must not block acks.
+  const consumeUpstream = new Upstream('consume', config, log, metrics, secrets)
+  const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics })
 
   let state: SidecarState = 'created'
   let api: FastifyInstance | undefined
@@ -68,6 +75,8 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       sidecar: { state, startedAt },
       upstream: up,
       buffer: buffer.snapshot(),
+      consumeUpstream: consumeUpstream.status(),
+      consumers: consumers.status(),
       diagnosis: diagnose({
         state: up.state,
         heartbeatSeconds: up.heartbeatSeconds ?? upstream.heartbeatSeconds,
@@ -102,6 +111,8 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       return state
     },
     upstream,
+    consumeUpstream,
+    consumers,
     metrics,
     status,
     readiness,
@@ -124,10 +135,15 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         },
         status,
         accepting: () => state === 'running' || state === 'draining',
+        consumers,
+        publishUpstream: upstream,
+        metrics,
       })
       const opsAddr = await listen(ops, config.ops.host, config.ops.port)
       const apiAddr = await listen(api, config.api.host, config.api.port)
       upstream.start()
+      consumeUpstream.start()
+      consumers.start()
       log.info({ api: apiAddr, ops: opsAddr }, 'amqp-sidecar listening')
       return { api: apiAddr, ops: opsAddr }
     },
@@ -141,6 +157,8 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         }
         // 1. Not ready: the platform stops sending traffic; publishes are still served.
         state = 'draining'
+        // Consumers first: cancel them and requeue prefetched messages nobody was given; acks keep working.
+        await consumers.stopConsuming()
         log.info({ drainMs }, 'shutting down: readiness is 503, still serving publishes during the drain (signal again to exit now)')
         await new Promise((r) => setTimeout(r, drainMs))
         // 2. Stop serving, wait for outstanding confirms, answer whatever is left.
@@ -149,9 +167,12 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         const drained = await publisher.drain(confirmWait)
         if (!drained) log.warn({ held: buffer.snapshot(), waitedMs: confirmWait }, 'messages still unconfirmed at shutdown; they are answered 504 or logged')
         await publisher.close()
+        // Leases not acked within the drain are requeued (nack requeue=true), never dead-lettered.
+        await consumers.close()
         await api?.close()
         // 3. Close the AMQP connection cleanly (connection.close, not a dropped socket).
         await upstream.close()
+        await consumeUpstream.close()
         await ops?.close()
         state = 'closed'
         log.info('amqp-sidecar stopped')

@@ -87,6 +87,12 @@ export const schema = {
     defaultPrefetch: { doc: 'Prefetch for subscriptions that give none.', format: 'nat', default: 10, min: 1 },
     allowedQueues: { doc: 'Queues apps may consume from. null: any.', format: 'nullable-name-list', default: null },
     push: { doc: 'HTTP push subscriptions.', format: 'push-list', default: [] },
+    pullIdleMs: ms('Prefetched pull messages nobody pulls for this long are requeued and the pull consumer is cancelled.', 30000, 1),
+    pushTokenFile: {
+      doc: 'A file holding the token sent as X-Sidecar-Token on every push, so the app can verify the caller. null: api.tokenFile, if set.',
+      format: 'nullable-string',
+      default: null,
+    },
   },
   topology: {
     exchanges: { doc: 'Exchanges declared on every (re)connect.', format: 'exchange-list', default: [] },

@@ -70,6 +70,8 @@ export interface Config {
     defaultPrefetch: number
     allowedQueues: string[] | null
     push: PushSubscription[]
+    pullIdleMs: number
+    pushTokenFile: string | null
   }
   topology: { exchanges: ExchangeDecl[]; queues: QueueDecl[]; bindings: BindingDecl[] }
   shutdown: { drainMs: number }

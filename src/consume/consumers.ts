@@ -12,6 +12,7 @@
  */
 import type { SidecarConfig } from '../config/index.js'
 import { SidecarError } from '../errors.js'
+import { assertQueueAllowed } from './allow.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics } from '../observe/metrics.js'
 import type { Upstream, UpstreamState } from '../upstream/connection.js'
@@ -79,6 +80,8 @@ export class Consumers {
 
   /** Push subscriptions from config start with the sidecar. */
   start(): void {
+    // A push subscription to a queue outside the allow-list is a config error: refuse to start.
+    for (const p of this.deps.config.consume.push) assertQueueAllowed(p.queue, this.deps.config.consume.allowedQueues)
     for (const p of this.deps.config.consume.push) {
       const worker = new PushWorker(p, this, this.deps.config, this.deps.log, this.deps.metrics)
       this.#push.push(worker)
@@ -91,8 +94,7 @@ export class Consumers {
     if (typeof queue !== 'string' || !QUEUE_NAME_RE.test(queue)) {
       throw new SidecarError('INVALID_REQUEST', 'queue must be 1-255 characters of letters, digits, "-", "_", ".", ":"')
     }
-    const allowed = this.deps.config.consume.allowedQueues
-    if (allowed && !allowed.includes(queue)) throw new SidecarError('QUEUE_NOT_ALLOWED', `Consuming from queue "${queue}" is not allowed by consume.allowedQueues`)
+    assertQueueAllowed(queue, this.deps.config.consume.allowedQueues)
     return queue
   }
 

@@ -16,6 +16,12 @@ import type { SecretRegistry } from '../observe/redact.js'
 import { registerOpenApi } from './openapi.js'
 import { publishRoutes, type PublishRouteDeps } from './routes/publish.js'
 import { statusRoutes } from './routes/status.js'
+import { pullRoutes } from './routes/pull.js'
+import { ackRoutes } from './routes/ack.js'
+import { wsRoutes } from './ws.js'
+import type { Consumers } from '../consume/consumers.js'
+import type { Metrics } from '../observe/metrics.js'
+import type { Upstream } from '../upstream/connection.js'
 
 export interface ApiDeps extends PublishRouteDeps {
   log: Logger
@@ -26,6 +32,11 @@ export interface ApiDeps extends PublishRouteDeps {
   api: SidecarConfig['api']
   /** The API token is registered here so it is scrubbed from every log line. */
   secrets: SecretRegistry
+  /** Consuming (WebSocket, pull, ack/nack); without it those routes are not served. */
+  consumers?: Consumers
+  /** The publish connection, whose state WebSocket status frames report too. */
+  publishUpstream?: Upstream
+  metrics?: Metrics
 }
 
 export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
@@ -50,5 +61,11 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
   await registerOpenApi(app)
   await app.register(publishRoutes, deps)
   await app.register(statusRoutes, { status: deps.status })
+  if (deps.consumers && deps.publishUpstream && deps.metrics) {
+    const { consumers, publishUpstream, metrics } = deps
+    await app.register(pullRoutes, { consumers })
+    await app.register(ackRoutes, { consumers })
+    await app.register(wsRoutes, { consumers, publishUpstream, metrics, publisher: deps.publisher, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes, log: deps.log })
+  }
   return app
 }
