@@ -63,12 +63,6 @@ export const schema = {
     headersTimeoutMs: ms('Deadline for a client to send the complete request head, from connect (slowloris); answered 408.', 10000, 1),
     requestTimeoutMs: ms('Deadline for a client to send the complete request, head and body (slow uploads); answered 408. Waiting for the response does not count.', 60000, 1),
     keepAliveTimeoutMs: ms('How long an idle keep-alive connection is kept open between requests.', 65000, 1),
-    wsMaxPayloadBytes: {
-      doc: 'Largest WebSocket message accepted on /v1/ws; larger closes the socket with 1009. Default fits a base64 body of api.bodyLimitBytes plus its envelope.',
-      format: 'nat',
-      default: 6 * 1024 * 1024,
-      min: 1024,
-    },
   },
   ops: {
     host: { doc: 'Operations listener address (/livez, /readyz, /metrics).', format: String, default: '0.0.0.0' },

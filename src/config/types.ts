@@ -54,7 +54,6 @@ export interface Config {
     headersTimeoutMs: number
     requestTimeoutMs: number
     keepAliveTimeoutMs: number
-    wsMaxPayloadBytes: number
   }
   ops: { host: string; port: number }
   publish: {

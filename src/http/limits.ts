@@ -9,7 +9,7 @@
  *   long publishes and long polls are unaffected;
  * - idle keep-alive: api.keepAliveTimeoutMs between requests;
  * - body: api.bodyLimitBytes (fastify's bodyLimit), else 413 PAYLOAD_TOO_LARGE;
- * - WebSocket messages: api.wsMaxPayloadBytes (for @fastify/websocket's maxPayload).
+ * - WebSocket messages: derived from api.bodyLimitBytes in http/ws.ts (@fastify/websocket's maxPayload).
  *
  * Errors Node raises before a request exists (bad framing, timeouts, an
  * oversized head) are answered here with the registry's JSON body, because
