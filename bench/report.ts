@@ -1,0 +1,132 @@
+/**
+ * Renders a run: the Markdown section of docs/benchmarks.md between the
+ * generated-section markers, and docs/benchmarks.svg, a hand-rolled bar chart.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import type { BenchResults, CaseResult } from './results.js'
+
+export const BEGIN_MARKER = '<!-- bench:generated:begin (npm run bench rewrites this section) -->'
+export const END_MARKER = '<!-- bench:generated:end -->'
+
+const int = (n: number | null) => (n === null ? '–' : Math.round(n).toLocaleString('en-US'))
+const fixed = (n: number | null | undefined, d = 2) => (n === null || n === undefined ? '–' : n.toFixed(d))
+const pct = (n: number | null) => (n === null ? '–' : `${Math.round(n * 100)}%`)
+
+function caseRow(c: CaseResult): string {
+  const value = c.skipped !== undefined ? `skipped` : int(c.median)
+  const vs = c.baseline === null ? (c.id === 'a' ? 'ceiling' : 'baseline') : c.ratio === null ? '–' : `${fixed(c.ratio)}× ${c.baseline}`
+  return `| ${c.id} | ${c.title} | ${value} | ${c.skipped ? '–' : pct(c.spread)} | ${vs} | ${fixed(c.sidecarCpuPer1000, 3)} |`
+}
+
+export function renderMarkdown(r: BenchResults): string {
+  const m = r.machine
+  const s = r.settings
+  const minutes = (Date.parse(r.finishedAt) - Date.parse(r.startedAt)) / 60_000
+  const lines = [
+    BEGIN_MARKER,
+    '',
+    `Run ${r.startedAt} (${minutes.toFixed(1)} min), \`${r.command}\`${r.smoke ? ' (smoke run: the figures mean nothing)' : ''}.`,
+    `${s.reps} repetition(s), each case measured for ${s.seconds} s after ${s.warmupSeconds} s of warm-up; cases interleaved within each repetition.`,
+    `${s.bodyBytes}-byte persistent messages, publisher confirms, mandatory where the protocol has it, one durable classic queue on a ${r.broker.kind} RabbitMQ node.`,
+    '',
+    `**Machine:** ${m.nproc} × ${m.cpuModel}, ${m.memoryGB} GB, ${m.os}; Node ${m.node}; RabbitMQ ${m.rabbitmq} (${m.erlang}). ` +
+      `Load average (1/5/15 min) ${m.loadAverageStart.map((x) => x.toFixed(2)).join('/')} at the start, ${m.loadAverageEnd.map((x) => x.toFixed(2)).join('/')} at the end. ` +
+      'Broker, sidecar and load generator share these cores.',
+    '',
+    '| case | what | msg/s (median) | spread | ratio | sidecar CPU s / 1,000 msgs |',
+    '|---|---|---:|---:|---:|---:|',
+    ...r.cases.map(caseRow),
+    '',
+    '"spread" is (max - min) / median over the repetitions; "ratio" is the median of the per-repetition ratios to the baseline.',
+    '',
+    `**Latency at a fixed ${r.latency.rate.toLocaleString('en-US')} msg/s** (open loop, milliseconds; ${s.latencySeconds} s per side and repetition):`,
+    '',
+    '| | p50 | p90 | p99 |',
+    '|---|---:|---:|---:|',
+  ]
+  if (r.latency.skipped !== undefined || r.latency.direct === null) lines.push(`| skipped | ${r.latency.skipped ?? 'not run'} | | |`)
+  else {
+    const row = (name: string, p: { p50: number; p90: number; p99: number } | null) => `| ${name} | ${fixed(p?.p50)} | ${fixed(p?.p90)} | ${fixed(p?.p99)} |`
+    lines.push(row('direct amqplib publish-to-confirm', r.latency.direct), row('sidecar HTTP publish-to-200', r.latency.sidecar), row('**added by the sidecar**', r.latency.added), '| Dapr (published, HTTP) | | +0.49 | +1.21 |')
+  }
+  const res = r.resources
+  lines.push(
+    '',
+    `**Sidecar process** (\`node dist/main.js\`, read from /proc): idle RSS ${fixed(res.idleRssMB, 1)} MB at start, ${fixed(res.idleRssAfterLoadMB, 1)} MB idle after the load, ` +
+      `${fixed(res.loadRssMB, 1)} MB largest sampled under load (peak ${fixed(res.peakRssMB, 1)} MB); ${fixed(r.latency.sidecarCpuPer1000, 3)} CPU seconds per 1,000 messages at ${r.latency.rate.toLocaleString('en-US')} msg/s.`,
+    '',
+    '| target | wanted | this run | holds |',
+    '|---|---:|---:|:---:|',
+    ...r.targets.map((t) => `| ${t.id}: ${t.description} | ${t.comparison} ${t.limit} | ${fixed(t.actual, t.id === 'i.idle' ? 1 : 2)} | ${t.pass === null ? 'not measured' : t.pass ? 'yes' : '**no**'} |`),
+    '',
+  )
+  if (r.skipped.length) lines.push('Skipped in this run:', '', ...r.skipped.map((x) => `- ${x.id}: ${x.reason}`), '')
+  lines.push('![Throughput by case](benchmarks.svg)', '', END_MARKER)
+  return lines.join('\n')
+}
+
+const COLORS = { direct: '#6b7280', sidecar: '#2563eb', peer: '#d97706' }
+
+function colorOf(id: string): string {
+  if (id === 'a' || id === 'g.direct') return COLORS.direct
+  if (id === 'e' || id === 'f') return COLORS.peer
+  return COLORS.sidecar
+}
+
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
+
+/** Horizontal bars: publish cases against (a), then the two consume cases. */
+export function renderSvg(r: BenchResults): string {
+  const rows = r.cases.filter((c) => c.median !== null && c.skipped === undefined)
+  const max = Math.max(1, ...rows.map((c) => c.median as number))
+  const width = 900
+  const labelW = 430
+  const barW = width - labelW - 150
+  const rowH = 30
+  const top = 50
+  const height = top + rows.length * rowH + 40
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="13">`,
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+    `<text x="10" y="22" font-size="16" font-weight="bold">Throughput, 1 KB persistent messages with confirms (median msg/s)</text>`,
+    `<text x="10" y="40" fill="#555">${esc(`${r.machine.nproc} × ${r.machine.cpuModel}, Node ${r.machine.node}, RabbitMQ ${r.machine.rabbitmq}, ${r.startedAt.slice(0, 10)}`)}</text>`,
+  ]
+  rows.forEach((c, i) => {
+    const y = top + i * rowH
+    const w = Math.max(1, ((c.median as number) / max) * barW)
+    const ratio = c.ratio === null ? '' : ` (${c.ratio.toFixed(2)}× ${c.baseline})`
+    out.push(
+      `<text x="10" y="${y + 19}">${esc(`${c.id}. ${c.title}`)}</text>`,
+      `<rect x="${labelW}" y="${y + 5}" width="${w.toFixed(1)}" height="${rowH - 10}" fill="${colorOf(c.id)}"/>`,
+      `<text x="${(labelW + w + 6).toFixed(1)}" y="${y + 19}">${esc(`${int(c.median)}${ratio}`)}</text>`,
+    )
+  })
+  const ly = top + rows.length * rowH + 25
+  out.push(
+    `<rect x="10" y="${ly - 10}" width="12" height="12" fill="${COLORS.direct}"/><text x="28" y="${ly}">direct amqplib</text>`,
+    `<rect x="150" y="${ly - 10}" width="12" height="12" fill="${COLORS.sidecar}"/><text x="168" y="${ly}">amqp-sidecar</text>`,
+    `<rect x="290" y="${ly - 10}" width="12" height="12" fill="${COLORS.peer}"/><text x="308" y="${ly}">RabbitMQ's own HTTP / Web-STOMP</text>`,
+    '</svg>',
+  )
+  return out.join('\n') + '\n'
+}
+
+export function writeResults(r: BenchResults, file: string): void {
+  mkdirSync(dirname(file), { recursive: true })
+  writeFileSync(file, JSON.stringify(r, null, 2) + '\n')
+}
+
+/** Rewrites docs/benchmarks.svg and the generated section of docs/benchmarks.md (the prose around it is kept). */
+export function writeDocs(r: BenchResults, root: string): void {
+  const docs = join(root, 'docs')
+  mkdirSync(docs, { recursive: true })
+  writeFileSync(join(docs, 'benchmarks.svg'), renderSvg(r))
+  const file = join(docs, 'benchmarks.md')
+  const section = renderMarkdown(r)
+  const current = existsSync(file) ? readFileSync(file, 'utf8') : `# Benchmarks\n\n${BEGIN_MARKER}\n${END_MARKER}\n`
+  const begin = current.indexOf(BEGIN_MARKER)
+  const end = current.indexOf(END_MARKER)
+  const next = begin >= 0 && end > begin ? current.slice(0, begin) + section + current.slice(end + END_MARKER.length) : `${current.trimEnd()}\n\n${section}\n`
+  writeFileSync(file, next)
+}
