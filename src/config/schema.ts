@@ -35,6 +35,14 @@ export const schema = {
       default: null,
     },
     heartbeatSeconds: { doc: 'AMQP heartbeat to negotiate, in seconds. 0 disables heartbeats (not advised behind any proxy).', format: 'nat', default: 15 },
+    adaptiveHeartbeat: {
+      enabled: {
+        doc: 'When disconnects show a middlebox cutting idle flows after ~T s, ask for a heartbeat of T/2 s (not below floorSeconds) on the next connection.',
+        format: Boolean,
+        default: true,
+      },
+      floorSeconds: { doc: 'The lowest heartbeat adaptation may choose.', format: 'nat', default: 2, min: 1 },
+    },
     keepAliveDelayMs: { doc: 'TCP keepalive idle delay on the broker socket.', format: 'nat', default: 15000 },
     connectTimeoutMs: ms('Deadline for TCP connect plus the AMQP handshake.', 10000, 1),
     reconnect: {

@@ -38,6 +38,7 @@ export interface Config {
     urls: string[]
     urlFile: string | null
     heartbeatSeconds: number
+    adaptiveHeartbeat: { enabled: boolean; floorSeconds: number }
     keepAliveDelayMs: number
     connectTimeoutMs: number
     reconnect: { initialDelayMs: number; maxDelayMs: number }

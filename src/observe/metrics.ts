@@ -31,6 +31,12 @@ export function createMetrics(registry = new Registry()) {
       registers: r,
     }),
     upstreamHeartbeat: new Gauge({ name: `${PREFIX}upstream_heartbeat_seconds`, help: 'Negotiated heartbeat of the current connection', labelNames: ['connection'], registers: r }),
+    idleTimeoutDetected: new Gauge({
+      name: `${PREFIX}upstream_idle_timeout_detected_seconds`,
+      help: 'Idle timeout of a middlebox inferred from repeated disconnects after the same idle time (0: none seen)',
+      labelNames: ['connection'],
+      registers: r,
+    }),
     topologyErrors: new Counter({ name: `${PREFIX}topology_errors_total`, help: 'Failed topology declarations', labelNames: ['connection'], registers: r }),
     published: new Counter({
       name: `${PREFIX}published_total`,

@@ -17,6 +17,7 @@ import type { Metrics } from '../observe/metrics.js'
 import { redactUrl, type SecretRegistry } from '../observe/redact.js'
 import { Backoff } from './backoff.js'
 import { classifyError, type DisconnectCause } from './classify.js'
+import { detectIdleTimeout } from './diagnosis.js'
 import { declareTopology, TopologyError } from './topology.js'
 
 /**
@@ -289,6 +290,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     if (lived >= STABLE_CONNECTION_MS) this.#backoff.reset()
     const delay = this.#scheduleReconnect()
     this.log.warn({ cause: c.cause, code: c.code, error: record.message, idleMsBefore: record.idleMsBefore, reconnectInMs: delay }, 'lost the broker connection')
+    this.#adaptHeartbeat()
     this.#setState('reconnecting')
     this.emit('lost', record)
   }
@@ -305,6 +307,28 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       'could not connect to the broker',
     )
     if (this.#state === 'connected' || this.#state === 'blocked') this.#setState('reconnecting')
+  }
+
+  /**
+   * Resets after about the same idle time mean a load balancer, NAT or firewall
+   * drops idle flows (seeds/000). Say so, and (unless switched off) ask for a
+   * heartbeat short enough to keep the flow busy: the broker then sends a frame
+   * every heartbeat/2 s, well inside the middlebox's timeout.
+   */
+  #adaptHeartbeat(): void {
+    const pattern = detectIdleTimeout(this.#history)
+    if (!pattern) return
+    this.metrics.idleTimeoutDetected.set(this.#labels, pattern.idleTimeoutSeconds)
+    const { enabled, floorSeconds } = this.config.amqp.adaptiveHeartbeat
+    const target = Math.max(floorSeconds, Math.floor(pattern.idleTimeoutSeconds / 2))
+    const advice = { idleTimeoutSeconds: pattern.idleTimeoutSeconds, events: pattern.events, heartbeatSeconds: this.heartbeatSeconds }
+    if (!enabled) {
+      this.log.warn(advice, `a middlebox closes idle flows after ~${pattern.idleTimeoutSeconds} s; heartbeat is ${this.heartbeatSeconds} s (adaptive heartbeat is off: lower amqp.heartbeatSeconds below the timeout)`)
+      return
+    }
+    if (this.heartbeatSeconds !== 0 && this.heartbeatSeconds <= target) return
+    this.log.warn({ ...advice, newHeartbeatSeconds: target }, `a middlebox closes idle flows after ~${pattern.idleTimeoutSeconds} s; lowering the heartbeat from ${this.heartbeatSeconds} s to ${target} s for the next connection`)
+    this.heartbeatSeconds = target
   }
 
   /** ACM reads reconnectTimeInSeconds right after emitting the event, so setting it here sets the next delay. */
