@@ -59,10 +59,24 @@ type Frame = Record<string, unknown> & { op: string }
 export async function wsRoutes(app: FastifyInstance, deps: WsDeps): Promise<void> {
   const maxPayload = Math.ceil((deps.bodyLimitBytes * 4) / 3) + FRAME_OVERHEAD_BYTES
   await app.register(websocket, { options: { maxPayload } })
-  app.get('/v1/ws', { websocket: true }, (socket) => {
+  const doc = {
+    summary: 'WebSocket: subscribe, ack, nack and publish over one socket',
+    description:
+      'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, ping. Server ops: message, confirm, error, stale, status, subscribed, unsubscribed, result, pong. See docs/consuming.md.',
+  }
+  app.get(
+    '/v1/ws',
+    {
+      websocket: true,
+      schema: doc,
+      // @fastify/websocket hides WebSocket routes from OpenAPI; this one is API, so document it.
+      config: { swaggerTransform: ({ schema, url }: { schema: unknown; url: string }) => ({ schema: { ...(schema as object), hide: false, response: { 101: { description: 'Switching Protocols: the socket is open' } } }, url }) },
+    },
+    (socket) => {
     // Handlers are attached synchronously inside the peer's constructor, so no frame is missed.
     new WsPeer(socket, deps)
-  })
+    },
+  )
 }
 
 class WsPeer implements StatusListener {
