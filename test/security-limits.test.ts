@@ -7,7 +7,9 @@
 // publish then waits for its whole deadline (used to show that waiting for
 // the answer is not cut by the request timeout).
 import t from 'tap'
+import { once } from 'node:events'
 import { connect, type Socket } from 'node:net'
+import WebSocket from 'ws'
 import { errorCode, request } from './fixtures/http.js'
 import { startSidecar } from './fixtures/sidecar.js'
 import { freePort } from './fixtures/wait.js'
@@ -61,6 +63,10 @@ function trickle(socket: Socket, chunk: string): () => void {
     if (!socket.destroyed) socket.write(chunk)
   }, TRICKLE_MS)
   return () => clearInterval(timer)
+}
+
+function timeout(ms: number, what: string): Promise<never> {
+  return new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms).unref())
 }
 
 function bodyOf(text: string): unknown {
@@ -171,4 +177,15 @@ t.test('waiting for the answer does not count against api.requestTimeoutMs', asy
   t.ok(Date.now() - started >= REQUEST_TIMEOUT_MS * 2 - 50, 'the publish waited for its deadline')
   t.not(res.status, 408)
   t.ok(errorCode(res), `answered with a registry error (${res.status} ${errorCode(res)})`)
+})
+
+t.test('a WebSocket message over the frame limit closes the socket with 1009', async (t) => {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/ws`)
+  ws.on('error', () => {})
+  await once(ws, 'open')
+  const closed = once(ws, 'close')
+  // http/ws.ts derives the limit from api.bodyLimitBytes (base64 of a full body plus its envelope).
+  ws.send('x'.repeat(BODY_LIMIT_BYTES * 1024))
+  const [code] = (await Promise.race([closed, timeout(10_000, 'the server to close the WebSocket')])) as [number]
+  t.equal(code, 1009, 'message too big')
 })
