@@ -82,6 +82,24 @@ t.test('a waiting pull wakes up when a message arrives', async (t) => {
   t.equal((await post('/v1/ack', { deliveryId: m?.deliveryId })).status, 200)
 })
 
+t.test('a pull whose client went away takes nothing', async (t) => {
+  const ac = new AbortController()
+  const pending = pull(qPoll, 'waitMs=20000')
+  void pending.catch(() => {})
+  const aborted = fetch(`${sc.api}/v1/queues/${qPoll}/pull?waitMs=20000`, { method: 'POST', signal: ac.signal }).catch(() => 'aborted')
+  await waitFor(() => sc.sidecar.consumers.status().pull.some((p) => p.queue === qPoll && p.waiting === 2), { timeoutMs: 5000, what: 'two waiting pulls' })
+  ac.abort()
+  t.equal(await aborted, 'aborted')
+  await waitFor(() => sc.sidecar.consumers.status().pull.some((p) => p.queue === qPoll && p.waiting === 1), { timeoutMs: 5000, what: 'the aborted pull forgotten' })
+  await put(qPoll, ['for-the-live-one'])
+  const res = await pending
+  t.equal(res.status, 200)
+  const [m] = (await res.json()) as Delivered[]
+  t.equal(m?.body, 'for-the-live-one')
+  t.equal(sc.sidecar.consumers.leases.size, 1, 'only the live pull holds a lease')
+  await post('/v1/ack', { deliveryIds: [m?.deliveryId] })
+})
+
 t.test('an expired lease is requeued; a late ack answers stale (409 for a single id)', async (t) => {
   await put(qLease, ['x'])
   const [m] = await pullN(qLease, 1, 'leaseMs=200&waitMs=2000')

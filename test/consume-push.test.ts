@@ -23,6 +23,7 @@ interface Call {
 /** Each path answers from its own script of statuses (the last one repeats). */
 const scripts = new Map<string, number[]>()
 const calls: Call[] = []
+const held: import('node:http').ServerResponse[] = []
 const server = createServer((req, res) => {
   const chunks: Buffer[] = []
   req.on('data', (c: Buffer) => chunks.push(c))
@@ -31,12 +32,16 @@ const server = createServer((req, res) => {
     calls.push({ path, headers: req.headers, body: Buffer.concat(chunks).toString() })
     const script = scripts.get(path) ?? [200]
     const status = script.length > 1 ? (script.shift() as number) : (script[0] as number)
+    if (status === 0) return void held.push(res) // answered later by the test, or never (timeout)
     res.writeHead(status).end()
   })
 })
 server.listen(0, '127.0.0.1')
 await once(server, 'listening')
-t.teardown(() => new Promise((r) => server.close(r)))
+t.teardown(() => {
+  for (const r of held) r.destroy()
+  return new Promise((r) => server.close(r))
+})
 const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 
 const dir = mkdtempSync(join(tmpdir(), 'push-token-'))
@@ -46,19 +51,28 @@ writeFileSync(tokenFile, 's3cret\n')
 
 const amqp = await directAmqp(t, SHARED_BROKER_URL)
 const dlq = amqp.name('dlq')
-const [qRetry, qReject, qExhaust, qRequeue] = ['retry', 'reject', 'exhaust', 'requeue'].map((n) => amqp.name(`push-${n}`)) as [string, string, string, string]
+const [qRetry, qReject, qExhaust, qRequeue, qSlow, qTimeout] = ['retry', 'reject', 'exhaust', 'requeue', 'slow', 'timeout'].map((n) => amqp.name(`push-${n}`)) as [
+  string,
+  string,
+  string,
+  string,
+  string,
+  string,
+]
 const deadLettered = { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': dlq }
 scripts.set('/retry', [500, 500, 200])
 scripts.set('/reject', [400])
 scripts.set('/exhaust', [503])
 scripts.set('/requeue', [422, 422, 200])
+scripts.set('/slow', [0])
+scripts.set('/timeout', [0, 200])
 const retry = { maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 50 }
 
 const sc = await startSidecar(t, {
   topology: {
     queues: [
       { name: dlq, durable: false },
-      ...[qRetry, qReject, qExhaust, qRequeue].map((name) => ({ name, durable: false, arguments: deadLettered })),
+      ...[qRetry, qReject, qExhaust, qRequeue, qSlow, qTimeout].map((name) => ({ name, durable: false, arguments: deadLettered })),
     ],
   },
   consume: {
@@ -67,6 +81,8 @@ const sc = await startSidecar(t, {
       { queue: qRetry, url: `${base}/retry`, concurrency: 2, timeoutMs: 2000, retry },
       { queue: qReject, url: `${base}/reject`, retry },
       { queue: qExhaust, url: `${base}/exhaust`, retry },
+      { queue: qSlow, url: `${base}/slow`, concurrency: 2, timeoutMs: 30_000, retry },
+      { queue: qTimeout, url: `${base}/timeout`, timeoutMs: 300, retry },
       { queue: qRequeue, url: `${base}/requeue`, retry: { maxAttempts: 1, initialDelayMs: 10, maxDelayMs: 10 }, onGiveUp: 'requeue' },
     ],
   },
@@ -123,4 +139,28 @@ t.test('onGiveUp "requeue" puts it back; it is delivered later (redelivered)', a
   await waitFor(() => sc.sidecar.consumers.leases.size === 0, { timeoutMs: 5000, what: 'settled' })
   t.equal(await amqp.depth(qRequeue), 0)
   t.equal(await amqp.depth(dlq), 0, 'nothing dead-lettered')
+})
+
+t.test('concurrency: never more calls in flight than configured', async (t) => {
+  await put(qSlow, 's1')
+  await put(qSlow, 's2')
+  await put(qSlow, 's3')
+  await put(qSlow, 's4')
+  await waitFor(() => callsTo('/slow').length === 2, { timeoutMs: 5000, what: 'two calls in flight' })
+  // The broker holds back the rest: the prefetch is the concurrency.
+  await waitFor(async () => (await amqp.depth(qSlow)) === 2, { timeoutMs: 5000, what: 'two left in the queue' })
+  t.equal(callsTo('/slow').length, 2)
+  scripts.set('/slow', [200])
+  for (const r of held.splice(0)) r.writeHead(200).end()
+  await waitFor(() => callsTo('/slow').length === 4, { timeoutMs: 5000, what: 'the other two pushed' })
+  await waitFor(async () => (await amqp.depth(qSlow)) === 0 && sc.sidecar.consumers.leases.size === 0, { timeoutMs: 5000, what: 'all acked' })
+  t.pass('four delivered, two at a time')
+})
+
+t.test('a call that times out is retried', async (t) => {
+  await put(qTimeout, 'tick', { messageId: 'push-5' })
+  await waitFor(() => callsTo('/timeout').length === 2, { timeoutMs: 10_000, what: 'a retry after the timeout' })
+  await waitFor(() => sc.sidecar.consumers.leases.size === 0, { timeoutMs: 5000, what: 'settled' })
+  t.equal(await amqp.depth(qTimeout), 0)
+  t.match(await (await fetch(`${sc.ops}/metrics`)).text(), /amqp_sidecar_push_attempts_total\{outcome="timeout"\} 1/)
 })

@@ -58,9 +58,9 @@ export async function pullRoutes(app: FastifyInstance, deps: { consumers: Consum
       const ac = new AbortController()
       // The client went away while waiting: nothing must be leased to it.
       const onClose = () => {
-        if (!reply.sent) ac.abort()
+        if (!reply.raw.writableFinished) ac.abort()
       }
-      req.raw.once('close', onClose)
+      reply.raw.once('close', onClose)
       try {
         const messages = await consumers.pull(queue, {
           max: req.query.max,
@@ -72,7 +72,7 @@ export async function pullRoutes(app: FastifyInstance, deps: { consumers: Consum
         if (messages.length === 0) return reply.code(204).send()
         return reply.code(200).send(messages)
       } finally {
-        req.raw.off('close', onClose)
+        reply.raw.off('close', onClose)
       }
     },
   )
