@@ -9,6 +9,7 @@
  */
 import closeWithGrace from 'close-with-grace'
 import { readFileSync } from 'node:fs'
+import { checkArgs } from './config/args.js'
 import { ConfigError, DEFAULT_CONFIG_FILE, loadConfig } from './config/index.js'
 import { createLogger } from './observe/logger.js'
 import { SecretRegistry } from './observe/redact.js'
@@ -47,6 +48,11 @@ async function main(argv: string[]): Promise<number> {
   }
   const checkOnly = argv[0] === 'check-config'
   const args = checkOnly ? argv.slice(1) : argv
+  const argError = checkArgs(args)
+  if (argError) {
+    process.stderr.write(`amqp-sidecar: ${argError}\n`)
+    return 2
+  }
   let loaded
   try {
     loaded = loadConfig({ args })
