@@ -10,12 +10,12 @@ import { dirname, join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { startBroker, type PrivateBroker } from '../test/fixtures/broker.js'
-import { directConsume, directLatency, directPublish, prefill } from './cases/direct.js'
-import { httpBatch, httpLatency, httpSingle, managementPublish } from './cases/http.js'
+import { directConsume, directPublish, directSession, prefill } from './cases/direct.js'
+import { httpBatch, httpSession, httpSingle, managementPublish } from './cases/http.js'
 import { webStompPublish } from './cases/stomp.js'
 import { wsConsume, wsPublish, wsUnavailable } from './cases/ws.js'
 import { BATCH_CONCURRENCY, BATCH_SIZE, BODY_BYTES, CONSUME_PREFETCH, HTTP_CONCURRENCY, makeBody, PUBLISH_WINDOW, type BenchContext } from './context.js'
-import type { LoadResult } from './load.js'
+import { fixedRate, type LoadResult } from './load.js'
 import { Meter } from './meter.js'
 import type { BenchOptions, CaseId } from './options.js'
 import { memory, RssSampler } from './proc.js'
@@ -37,20 +37,27 @@ export interface HarnessHooks {
 }
 
 interface PublishCase {
-  id: CaseId
+  /** The result's id; `option` is the --only letter that runs it. */
+  id: string
+  option: CaseId
   title: string
   sidecar: boolean
   run: (ctx: BenchContext, edge: (e: 'start' | 'end') => void) => Promise<LoadResult>
 }
 
 const PUBLISH_CASES: PublishCase[] = [
-  { id: 'a', title: `direct amqplib, confirm channel, window ${PUBLISH_WINDOW}`, sidecar: false, run: directPublish },
-  { id: 'b', title: `sidecar HTTP, 1 msg/request, keep-alive, concurrency ${HTTP_CONCURRENCY}`, sidecar: true, run: httpSingle },
-  { id: 'c', title: `sidecar HTTP batch, ${BATCH_SIZE} msgs/request, concurrency ${BATCH_CONCURRENCY}`, sidecar: true, run: httpBatch },
-  { id: 'd', title: `sidecar WebSocket publish, window ${PUBLISH_WINDOW}`, sidecar: true, run: wsPublish },
-  { id: 'e', title: `RabbitMQ management HTTP publish API, concurrency ${HTTP_CONCURRENCY}`, sidecar: false, run: managementPublish },
-  { id: 'f', title: `RabbitMQ Web-STOMP, SEND with receipt, window ${PUBLISH_WINDOW}`, sidecar: false, run: webStompPublish },
+  { id: 'a', option: 'a', title: `direct amqplib, confirm channel, window ${PUBLISH_WINDOW}`, sidecar: false, run: (ctx, edge) => directPublish(ctx, edge) },
+  // Not a target: the ceiling at (b)'s concurrency, to show what 64 messages in flight allow on this broker.
+  { id: 'a.64', option: 'a', title: `direct amqplib, confirm channel, window ${HTTP_CONCURRENCY} (reference for b)`, sidecar: false, run: (ctx, edge) => directPublish(ctx, edge, HTTP_CONCURRENCY) },
+  { id: 'b', option: 'b', title: `sidecar HTTP, 1 msg/request, keep-alive, concurrency ${HTTP_CONCURRENCY}`, sidecar: true, run: httpSingle },
+  { id: 'c', option: 'c', title: `sidecar HTTP batch, ${BATCH_SIZE} msgs/request, concurrency ${BATCH_CONCURRENCY}`, sidecar: true, run: httpBatch },
+  { id: 'd', option: 'd', title: `sidecar WebSocket publish, window ${PUBLISH_WINDOW}`, sidecar: true, run: wsPublish },
+  { id: 'e', option: 'e', title: `RabbitMQ management HTTP publish API, concurrency ${HTTP_CONCURRENCY}`, sidecar: false, run: managementPublish },
+  { id: 'f', option: 'f', title: `RabbitMQ Web-STOMP, SEND with receipt, window ${PUBLISH_WINDOW}`, sidecar: false, run: webStompPublish },
 ]
+
+/** The latency case alternates direct and sidecar slices of this length, so drift in the broker's speed hits both alike. */
+const LATENCY_SLICE_MS = 1000
 
 export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Promise<BenchResults> {
   const progress = hooks.progress ?? ((line: string) => process.stderr.write(`[bench] ${line}\n`))
@@ -160,7 +167,7 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
     for (let rep = 1; rep <= opts.reps; rep++) {
       const tag = `rep ${rep}/${opts.reps}`
       for (const c of PUBLISH_CASES) {
-        if (!wants(c.id) || skipped.has(c.id)) continue
+        if (!wants(c.option) || skipped.has(c.option)) continue
         await purge()
         progress(`${tag} ${c.id}. ${c.title} ...`)
         const meter = new Meter(pids)
@@ -187,25 +194,40 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
       }
       if (wants('h') && sidecar) {
         await purge()
-        const warmupMs = opts.warmupSeconds * 1000
-        const measureMs = opts.latencySeconds * 1000
-        progress(`${tag} h. latency at ${opts.latencyRate} msg/s: direct publish-to-confirm ...`)
-        const direct = await directLatency(ctx, opts.latencyRate, warmupMs, measureMs)
-        await purge()
-        progress(`${tag} h. latency at ${opts.latencyRate} msg/s: sidecar HTTP publish-to-200 ...`)
+        progress(`${tag} h. latency at ${opts.latencyRate} msg/s, alternating ${LATENCY_SLICE_MS / 1000} s slices: direct publish-to-confirm, sidecar HTTP publish-to-200 ...`)
+        const direct = await directSession(ctx)
+        const viaSidecar = httpSession(ctx)
         const meter = new Meter(pids)
-        const viaSidecar = await httpLatency(ctx, opts.latencyRate, warmupMs, measureMs, meter.edge)
-        const d = percentiles(direct.latenciesMs)
-        const s = percentiles(viaSidecar.latenciesMs)
-        const lr: LatencyRep = { direct: d, sidecar: s, added: { p50: s.p50 - d.p50, p90: s.p90 - d.p90, p99: s.p99 - d.p99 }, errors: direct.errors + viaSidecar.errors }
-        const firstError = direct.firstError ?? viaSidecar.firstError
-        if (firstError !== undefined) lr.firstError = firstError
+        const lat = { direct: [] as number[], sidecar: [] as number[], errors: 0, firstError: undefined as string | undefined }
+        try {
+          const rate = opts.latencyRate
+          const warmupMs = opts.warmupSeconds * 1000
+          await fixedRate({ rate, warmupMs: 0, measureMs: warmupMs, op: direct.publish })
+          await fixedRate({ rate, warmupMs: 0, measureMs: warmupMs, op: viaSidecar.publish })
+          const slices = Math.max(1, Math.round((opts.latencySeconds * 1000) / LATENCY_SLICE_MS))
+          for (let i = 0; i < slices; i++) {
+            const measureMs = Math.min(LATENCY_SLICE_MS, opts.latencySeconds * 1000)
+            const d = await fixedRate({ rate, warmupMs: 0, measureMs, op: direct.publish })
+            const v = await fixedRate({ rate, warmupMs: 0, measureMs, op: viaSidecar.publish, onWindow: meter.edge })
+            lat.direct.push(...d.latenciesMs)
+            lat.sidecar.push(...v.latenciesMs)
+            lat.errors += d.errors + v.errors
+            lat.firstError ??= d.firstError ?? v.firstError
+          }
+        } finally {
+          await direct.close()
+          await viaSidecar.close()
+        }
+        const d = percentiles(lat.direct)
+        const s = percentiles(lat.sidecar)
+        const lr: LatencyRep = { direct: d, sidecar: s, added: { p50: s.p50 - d.p50, p90: s.p90 - d.p90, p99: s.p99 - d.p99 }, errors: lat.errors }
+        if (lat.firstError !== undefined) lr.firstError = lat.firstError
         const cpu = meter.sidecarCpuPer1000(s.count)
         if (cpu !== undefined) lr.sidecarCpuPer1000 = cpu
         const cores = meter.cores()
         if (cores) lr.cores = cores
         latencyReps.push(lr)
-        progress(`${tag} h. p50/p90/p99 direct ${ms(d)}, sidecar ${ms(s)}, added ${ms(lr.added)}${cpu === undefined ? '' : `; sidecar ${cpu.toFixed(3)} CPU s/1000 msgs`}`)
+        progress(`${tag} h. p50/p90/p99 direct ${ms(d)}, sidecar ${ms(s)}, added ${ms(lr.added)}${cpu === undefined ? '' : `; sidecar ${cpu.toFixed(3)} CPU s/1000 msgs`}${lat.errors ? ` (${lat.errors} errors: ${lat.firstError})` : ''}`)
       }
     }
     if (rss) resources.loadRssMB = rss.stop()

@@ -25,12 +25,15 @@ export class Meter {
     }
     const s = this.#start
     if (!s) return
+    this.#start = undefined
     const now = this.#sample()
     const used = process.cpuUsage(s.harness)
-    const cpu: { sidecar?: number; broker?: number; harness: number } = { harness: (used.user + used.system) / 1e6 }
-    if (s.sidecar !== undefined && now.sidecar !== undefined) cpu.sidecar = now.sidecar - s.sidecar
-    if (s.broker !== undefined && now.broker !== undefined) cpu.broker = now.broker - s.broker
-    this.#result = { seconds: Number(process.hrtime.bigint() - s.at) / 1e9, cpu }
+    // Several windows (the latency case alternates slices) add up.
+    const prev = this.#result ?? { seconds: 0, cpu: { harness: 0 } }
+    const cpu: { sidecar?: number; broker?: number; harness: number } = { harness: prev.cpu.harness + (used.user + used.system) / 1e6 }
+    if (s.sidecar !== undefined && now.sidecar !== undefined) cpu.sidecar = (prev.cpu.sidecar ?? 0) + now.sidecar - s.sidecar
+    if (s.broker !== undefined && now.broker !== undefined) cpu.broker = (prev.cpu.broker ?? 0) + now.broker - s.broker
+    this.#result = { seconds: prev.seconds + Number(process.hrtime.bigint() - s.at) / 1e9, cpu }
   }
 
   /** Cores used by each process over the window. */

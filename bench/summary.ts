@@ -51,10 +51,10 @@ function nullableMedian(values: Array<number | undefined>): number | null {
 
 export function summarise(input: SummaryInput): BenchResults {
   const { opts, reps, skipped } = input
-  const ids = [...['a', 'b', 'c', 'd', 'e', 'f'], 'g.direct', 'g.sidecar']
+  const ids = ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar']
   const cases: CaseResult[] = []
   for (const id of ids) {
-    const caseId = id.startsWith('g.') ? 'g' : id
+    const caseId = id.split('.')[0] as string
     if (!opts.only.has(caseId as never)) continue
     const rs = reps.get(id) ?? []
     const baseline = id === 'a' || id === 'g.direct' ? null : id === 'g.sidecar' ? 'g.direct' : 'a'

@@ -5,7 +5,7 @@
 import { connect, type ConfirmChannel } from 'amqplib'
 import { randomUUID } from 'node:crypto'
 import { CONSUME_PREFETCH, PUBLISH_WINDOW, type BenchContext } from '../context.js'
-import { closedLoop, fixedRate, type LoadResult } from '../load.js'
+import { closedLoop, type LoadResult } from '../load.js'
 
 /** The same properties the sidecar sets on a raw HTTP publish: persistent, mandatory, a UUID message id, a content type. */
 function publishOne(ctx: BenchContext, ch: ConfirmChannel): Promise<number> {
@@ -16,8 +16,9 @@ function publishOne(ctx: BenchContext, ch: ConfirmChannel): Promise<number> {
   })
 }
 
+/** noDelay as the sidecar sets it, so both sides send the same way. */
 async function withConfirmChannel<T>(ctx: BenchContext, fn: (ch: ConfirmChannel) => Promise<T>): Promise<T> {
-  const conn = await connect(ctx.brokerUrl)
+  const conn = await connect(ctx.brokerUrl, { noDelay: true })
   try {
     const ch = await conn.createConfirmChannel()
     return await fn(ch)
@@ -26,13 +27,15 @@ async function withConfirmChannel<T>(ctx: BenchContext, fn: (ch: ConfirmChannel)
   }
 }
 
-export function directPublish(ctx: BenchContext, onWindow?: (edge: 'start' | 'end') => void): Promise<LoadResult> {
-  return withConfirmChannel(ctx, (ch) => closedLoop({ concurrency: PUBLISH_WINDOW, ...ctx.timing, op: () => publishOne(ctx, ch), ...(onWindow ? { onWindow } : {}) }))
+export function directPublish(ctx: BenchContext, onWindow?: (edge: 'start' | 'end') => void, window = PUBLISH_WINDOW): Promise<LoadResult> {
+  return withConfirmChannel(ctx, (ch) => closedLoop({ concurrency: window, ...ctx.timing, op: () => publishOne(ctx, ch), ...(onWindow ? { onWindow } : {}) }))
 }
 
-/** Publish-to-confirm latencies at a fixed rate. */
-export function directLatency(ctx: BenchContext, rate: number, warmupMs: number, measureMs: number) {
-  return withConfirmChannel(ctx, (ch) => fixedRate({ rate, warmupMs, measureMs, op: () => publishOne(ctx, ch).then(() => undefined) }))
+/** One confirm channel for the latency case: publish() resolves at the confirm. */
+export async function directSession(ctx: BenchContext): Promise<{ publish: () => Promise<void>; close: () => Promise<void> }> {
+  const conn = await connect(ctx.brokerUrl, { noDelay: true })
+  const ch = await conn.createConfirmChannel()
+  return { publish: () => publishOne(ctx, ch).then(() => undefined), close: () => conn.close().catch(() => {}) }
 }
 
 /** Fills the queue for a consume case; returns once every message is confirmed. */
@@ -54,7 +57,7 @@ export async function prefill(ctx: BenchContext, count: number): Promise<void> {
  * taken after the first `warmup` messages.
  */
 export async function directConsume(ctx: BenchContext, count: number, warmup: number): Promise<LoadResult> {
-  const conn = await connect(ctx.brokerUrl)
+  const conn = await connect(ctx.brokerUrl, { noDelay: true })
   try {
     const ch = await conn.createChannel()
     await ch.prefetch(CONSUME_PREFETCH)

@@ -5,7 +5,7 @@
  */
 import { Pool } from 'undici'
 import { BATCH_CONCURRENCY, BATCH_SIZE, HTTP_CONCURRENCY, type BenchContext } from '../context.js'
-import { closedLoop, fixedRate, type LoadResult } from '../load.js'
+import { closedLoop, type LoadResult } from '../load.js'
 
 type Edge = (edge: 'start' | 'end') => void
 
@@ -55,11 +55,11 @@ export function httpBatch(ctx: BenchContext, onWindow?: Edge): Promise<LoadResul
   )
 }
 
-/** Request-to-200 latencies at a fixed rate. */
-export function httpLatency(ctx: BenchContext, rate: number, warmupMs: number, measureMs: number, onWindow?: Edge) {
-  return withPool(sidecarOrigin(ctx), HTTP_CONCURRENCY, (pool) =>
-    fixedRate({ rate, warmupMs, measureMs, op: () => post(pool, rawPath(ctx), ctx.body, 'application/octet-stream', 200), ...(onWindow ? { onWindow } : {}) }),
-  )
+/** A keep-alive pool for the latency case: publish() resolves at the 200. */
+export function httpSession(ctx: BenchContext): { publish: () => Promise<void>; close: () => Promise<void> } {
+  const pool = new Pool(sidecarOrigin(ctx), { connections: HTTP_CONCURRENCY, pipelining: 1, keepAliveTimeout: 60_000 })
+  const path = rawPath(ctx)
+  return { publish: () => post(pool, path, ctx.body, 'application/octet-stream', 200), close: () => pool.close() }
 }
 
 /** (e) RabbitMQ's management HTTP API: one message per request, the same concurrency as (b). */
