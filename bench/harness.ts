@@ -27,6 +27,7 @@ import { percentiles } from './stats.js'
 const PLUGINS = ['rabbitmq_management', 'rabbitmq_web_stomp']
 /** Let the sidecar settle (JIT, first GC) before its idle RSS is read. */
 const IDLE_SETTLE_MS = 3000
+const SMOKE_SETTLE_MS = 300
 
 export const REPO_ROOT = findRoot(dirname(fileURLToPath(import.meta.url)))
 
@@ -65,8 +66,10 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
   const loadAverageStart = loadavg()
   const wants = (id: CaseId) => opts.only.has(id)
   const skipped = new Map<string, string>()
+  // The first reason is the real one; later checks only confirm it.
   const skip = (id: string, reason: string) => {
-    if (!skipped.has(id)) progress(`skipping ${id}: ${reason}`)
+    if (skipped.has(id)) return
+    progress(`skipping ${id}: ${reason}`)
     skipped.set(id, reason)
   }
   const cleanups: Array<() => Promise<void>> = []
@@ -143,9 +146,10 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
     }
 
     // 4. Idle memory, before any load.
+    const settleMs = opts.smoke ? SMOKE_SETTLE_MS : IDLE_SETTLE_MS
     if (wants('i') && sidecar) {
-      progress(`sidecar pid ${sidecar.pid}: waiting ${IDLE_SETTLE_MS / 1000} s for idle RSS`)
-      await sleep(IDLE_SETTLE_MS)
+      progress(`sidecar pid ${sidecar.pid}: waiting ${settleMs / 1000} s for idle RSS`)
+      await sleep(settleMs)
       resources.idleRssMB = memory(sidecar.pid).rssMB
       progress(`idle RSS ${resources.idleRssMB.toFixed(1)} MB`)
     }
@@ -232,7 +236,7 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
     }
     if (rss) resources.loadRssMB = rss.stop()
     if (wants('i') && sidecar) {
-      await sleep(IDLE_SETTLE_MS)
+      await sleep(settleMs)
       const m = memory(sidecar.pid)
       resources.idleRssAfterLoadMB = m.rssMB
       resources.peakRssMB = m.peakRssMB

@@ -1,0 +1,75 @@
+// The benchmark harness still works: a few seconds of `npm run bench -- --smoke`
+// against the shared broker (e and f need plugins, so they are skipped), with
+// the sidecar run from source. It checks the shape of the results, never how
+// fast anything was: CI machines are too noisy for timing thresholds.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { REPO_ROOT, runBench } from '../bench/harness.js'
+import { parseOptions, UsageError } from '../bench/options.js'
+import { BEGIN_MARKER, END_MARKER, renderMarkdown, renderSvg, writeResults } from '../bench/report.js'
+import type { BenchResults } from '../bench/results.js'
+import { SHARED_BROKER_URL } from './fixtures/sidecar.js'
+
+// The sidecar child runs src/main.ts through the same TypeScript loader as this test.
+const tsLoader = process.execArgv.filter((a) => a.includes('@tapjs/typescript') || a === '--enable-source-maps')
+
+t.test('options', async (t) => {
+  const smoke = parseOptions(['--smoke'])
+  t.equal(smoke.reps, 1)
+  t.equal(smoke.docs, false, 'a smoke run never rewrites the docs')
+  const o = parseOptions(['--seconds', '2', '--reps', '5', '--only', 'a,b'])
+  t.same([o.seconds, o.reps, [...o.only]], [2, 5, ['a', 'b']])
+  t.throws(() => parseOptions(['--only', 'z']), UsageError)
+  t.throws(() => parseOptions(['--seconds', '-1']), UsageError)
+  t.throws(() => parseOptions(['--bogus']), UsageError)
+})
+
+t.test('a smoke run produces well-formed results', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const lines: string[] = []
+  const opts = parseOptions(['--smoke', '--broker-url', SHARED_BROKER_URL, '--consume', '500'])
+  const results: BenchResults = await runBench(opts, {
+    sidecarCommand: { nodeArgs: tsLoader, entry: join(REPO_ROOT, 'src', 'main.ts') },
+    progress: (line) => lines.push(line),
+  })
+  t.ok(lines.length > 5, 'progress was reported')
+  t.equal(results.version, 1)
+  t.equal(results.smoke, true)
+  t.equal(results.broker.kind, 'external')
+  t.ok(results.machine.nproc >= 1 && results.machine.rabbitmq !== 'unknown', 'the machine and broker are described')
+
+  const byId = new Map(results.cases.map((c) => [c.id, c]))
+  t.same([...byId.keys()], ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar'])
+  for (const id of ['e', 'f']) t.match(byId.get(id)?.skipped, /plugins/, `${id} is skipped, and says why`)
+  for (const c of results.cases) {
+    if (c.skipped !== undefined) {
+      t.ok(results.skipped.some((s) => c.id.startsWith(s.id)), `${c.id} is listed as skipped`)
+      continue
+    }
+    t.equal(c.reps.length, 1, `${c.id} ran once`)
+    const rep = c.reps[0]
+    t.ok(rep && rep.messages > 0 && rep.errors === 0, `${c.id} moved messages without errors`)
+    t.type(c.median, 'number', `${c.id} has a median`)
+    if (c.baseline !== null) t.type(c.ratio, 'number', `${c.id} has a ratio to ${c.baseline}`)
+  }
+  for (const id of ['b', 'c']) t.type(byId.get(id)?.sidecarCpuPer1000, 'number', `${id} measured the sidecar's CPU`)
+
+  const lat = results.latency
+  t.equal(lat.reps.length, 1)
+  t.ok(lat.reps[0] && lat.reps[0].direct.count > 0 && lat.reps[0].sidecar.count > 0, 'latencies were recorded on both sides')
+  t.type(lat.added?.p99, 'number')
+  t.ok((results.resources.idleRssMB ?? 0) > 0, 'idle RSS was read from /proc')
+  t.equal(results.targets.length, 8)
+  for (const target of results.targets) t.ok(target.pass === null || typeof target.pass === 'boolean', `target ${target.id} is evaluated`)
+
+  const file = join(dir, 'results.json')
+  writeResults(results, file)
+  t.same(JSON.parse(readFileSync(file, 'utf8')), JSON.parse(JSON.stringify(results)), 'the JSON file round-trips')
+  const md = renderMarkdown(results)
+  t.ok(md.startsWith(BEGIN_MARKER) && md.endsWith(END_MARKER), 'the docs section is delimited')
+  t.match(md, /\| a \|/)
+  t.match(renderSvg(results), /^<svg [^]*<\/svg>\n$/)
+})
