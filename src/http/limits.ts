@@ -15,14 +15,22 @@
  * oversized head) are answered here with the registry's JSON body, because
  * fastify's error handler never sees them.
  */
+import type { FastifyError, FastifyReply } from 'fastify'
 import { STATUS_CODES, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { SidecarConfig } from '../config/index.js'
 import { SidecarError, type ErrorCode } from '../errors.js'
+import { sendError } from './errors.js'
 
 /** Node checks header/request deadlines on an interval (30 s by default): keep it well under the deadline. */
 const MAX_CHECK_INTERVAL_MS = 1_000
 const MIN_CHECK_INTERVAL_MS = 50
+/**
+ * Longest path parameter. fastify's default (100) answered a valid 255-character
+ * exchange name with its own 414 body; a 255-byte routing key percent-encoded
+ * is at most 765 characters.
+ */
+export const MAX_PARAM_LENGTH = 1024
 
 type ApiLimits = Pick<SidecarConfig['api'], 'maxHeaderBytes' | 'headersTimeoutMs' | 'requestTimeoutMs' | 'keepAliveTimeoutMs' | 'bodyLimitBytes'>
 
@@ -45,7 +53,19 @@ export function serverLimits(api: ApiLimits) {
       connectionsCheckingInterval: checkEvery,
     },
     clientErrorHandler,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    frameworkErrors,
   }
+}
+
+/**
+ * URLs the router refuses before any hook runs (bad percent-encoding, an
+ * over-long parameter): answered with the registry's body instead of
+ * fastify's own. Nothing else happens for them, so skipping the guard is safe.
+ */
+function frameworkErrors(error: FastifyError, _req: unknown, reply: FastifyReply): void {
+  const message = error.code === 'FST_ERR_MAX_PARAM_LENGTH' ? `A path segment is longer than ${MAX_PARAM_LENGTH} characters` : 'The URL is not valid (bad percent-encoding?)'
+  void sendError(reply, new SidecarError('INVALID_REQUEST', message, { cause: error }))
 }
 
 /** The raw HTTP/1.1 response for an error raised before fastify had a request. */
