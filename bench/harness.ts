@@ -18,7 +18,7 @@ import { BATCH_CONCURRENCY, BATCH_SIZE, BODY_BYTES, CONSUME_PREFETCH, HTTP_CONCU
 import { fixedRate, type LoadResult } from './load.js'
 import { Meter } from './meter.js'
 import type { BenchOptions, CaseId } from './options.js'
-import { memory, RssSampler } from './proc.js'
+import { cpuPressure, memory, RssSampler } from './proc.js'
 import type { BenchResults, LatencyRep, RepResult } from './results.js'
 import { startSidecarProcess, type SidecarCommand, type SidecarProcess } from './sidecar-process.js'
 import { summarise } from './summary.js'
@@ -64,6 +64,7 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
   const progress = hooks.progress ?? ((line: string) => process.stderr.write(`[bench] ${line}\n`))
   const startedAt = new Date().toISOString()
   const loadAverageStart = loadavg()
+  const cpuPressureStart = cpuPressure()
   const wants = (id: CaseId) => opts.only.has(id)
   const skipped = new Map<string, string>()
   // The first reason is the real one; later checks only confirm it.
@@ -260,6 +261,8 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
       ...serverVersions,
       loadAverageStart,
       loadAverageEnd: loadavg(),
+      cpuPressureStart,
+      cpuPressureEnd: cpuPressure(),
     },
     brokerKind: broker ? 'private' : 'external',
     plugins: broker && (wants('e') || wants('f')) ? PLUGINS : [],

@@ -59,3 +59,13 @@ export class RssSampler {
     return this.#max
   }
 }
+
+/** Share of the last minute (%) in which some runnable task waited for a CPU (Linux PSI), or null without PSI. */
+export function cpuPressure(): number | null {
+  try {
+    const m = /^some .*avg60=([\d.]+)/m.exec(readFileSync('/proc/pressure/cpu', 'utf8'))
+    return m?.[1] === undefined ? null : Number(m[1])
+  } catch {
+    return null
+  }
+}

@@ -32,6 +32,7 @@ export function renderMarkdown(r: BenchResults): string {
     '',
     `**Machine:** ${m.nproc} × ${m.cpuModel}, ${m.memoryGB} GB, ${m.os}; Node ${m.node}; RabbitMQ ${m.rabbitmq} (${m.erlang}). ` +
       `Load average (1/5/15 min) ${m.loadAverageStart.map((x) => x.toFixed(2)).join('/')} at the start, ${m.loadAverageEnd.map((x) => x.toFixed(2)).join('/')} at the end. ` +
+      (m.cpuPressureStart === null ? '' : `CPU pressure (share of the last minute in which a runnable task waited for a core) ${m.cpuPressureStart}% at the start, ${m.cpuPressureEnd ?? '?'}% at the end. `) +
       'Broker, sidecar and load generator share these cores.',
     '',
     '| case | what | msg/s (median) | spread | ratio | sidecar CPU s / 1,000 msgs |',

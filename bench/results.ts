@@ -79,6 +79,9 @@ export interface Machine {
   erlang: string
   loadAverageStart: number[]
   loadAverageEnd: number[]
+  /** /proc/pressure/cpu "some avg60" (% of time runnable tasks waited for a CPU): how contended the machine was. */
+  cpuPressureStart: number | null
+  cpuPressureEnd: number | null
 }
 
 export interface BenchResults {
