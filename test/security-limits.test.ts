@@ -189,3 +189,15 @@ t.test('a WebSocket message over the frame limit closes the socket with 1009', a
   const [code] = (await Promise.race([closed, timeout(10_000, 'the server to close the WebSocket')])) as [number]
   t.equal(code, 1009, 'message too big')
 })
+
+t.test('path parameters: a 255-character exchange is routed; longer or malformed ones get registry errors', async (t) => {
+  const longest = await request(s.api, `/v1/publish/${'e'.repeat(255)}/k`, { method: 'POST', headers: { 'x-timeout-ms': '50' }, body: 'x' })
+  t.not(longest.status, 414, 'not refused by the router')
+  t.ok(errorCode(longest), `answered by the route (${longest.status} ${errorCode(longest)})`)
+  const tooLong = await request(s.api, `/v1/publish/${'e'.repeat(2000)}/k`, { method: 'POST', body: 'x' })
+  t.equal(tooLong.status, 400)
+  t.equal(errorCode(tooLong), 'INVALID_REQUEST')
+  const badEncoding = await request(s.api, '/v1/publish/%zz/k', { method: 'POST', body: 'x' })
+  t.equal(badEncoding.status, 400)
+  t.equal(errorCode(badEncoding), 'INVALID_REQUEST')
+})
