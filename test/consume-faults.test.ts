@@ -101,9 +101,10 @@ t.test('a memory alarm blocks publishing, not acks (separate consume connection)
   await put(qAlarm, ['before-alarm'])
   await waitFor(async () => (await amqp.depth(qAlarm)) === 1, { timeoutMs: 5000, what: 'the message queued' })
   await broker.setMemoryAlarm(true)
-  t.teardown(() => broker.setMemoryAlarm(false))
+  let alarmOn = true
+  t.teardown(() => (alarmOn ? broker.setMemoryAlarm(false) : undefined))
   // The publishing connection is blocked once it publishes; nudge it.
-  await post(`/v1/publish/amq.default/${qAlarm}`, 'x').catch(() => undefined)
+  const nudge = fetch(`${sc.api}/v1/publish/amq.default/${qAlarm}`, { method: 'POST', body: 'nudge', headers: { 'x-timeout-ms': '1000' } }).catch(() => undefined)
   await waitFor(() => sc.sidecar.upstream.state === 'blocked', { timeoutMs: 15_000, what: 'the publish connection blocked' })
   const got = await waitFor(async () => {
     const r = await post(`/v1/queues/${qAlarm}/pull?waitMs=2000`)
@@ -112,7 +113,9 @@ t.test('a memory alarm blocks publishing, not acks (separate consume connection)
   t.equal(got[0]?.body, 'before-alarm')
   t.same((await post('/v1/ack', { deliveryIds: [got[0]?.deliveryId] })).body, { results: [{ deliveryId: got[0]?.deliveryId, result: 'acked' }] })
   t.equal(sc.sidecar.consumeUpstream.state, 'connected', 'the consume connection is not blocked')
+  await nudge
   await broker.setMemoryAlarm(false)
+  alarmOn = false
   await waitFor(() => sc.sidecar.upstream.state === 'connected', { timeoutMs: 15_000, what: 'unblocked' })
   // The nudge publish went out after the alarm; make sure nothing unacked is left.
   await waitFor(async () => (await amqp.depth(qAlarm)) <= 1, { timeoutMs: 5000, what: 'queue settled' })
