@@ -32,7 +32,7 @@ export function renderMarkdown(r: BenchResults): string {
     '',
     `**Machine:** ${m.nproc} × ${m.cpuModel}, ${m.memoryGB} GB, ${m.os}; Node ${m.node}; RabbitMQ ${m.rabbitmq} (${m.erlang}). ` +
       `Load average (1/5/15 min) ${m.loadAverageStart.map((x) => x.toFixed(2)).join('/')} at the start, ${m.loadAverageEnd.map((x) => x.toFixed(2)).join('/')} at the end. ` +
-      (m.cpuPressureStart === null ? '' : `CPU pressure (share of the last minute in which a runnable task waited for a core) ${m.cpuPressureStart}% at the start, ${m.cpuPressureEnd ?? '?'}% at the end. `) +
+      (m.cpuPressureStart === null || m.cpuPressureStart === undefined ? '' : `CPU pressure (share of the last minute in which a runnable task waited for a core) ${m.cpuPressureStart}% at the start, ${m.cpuPressureEnd ?? '?'}% at the end. `) +
       'Broker, sidecar and load generator share these cores.',
     '',
     '| case | what | msg/s (median) | spread | ratio | sidecar CPU s / 1,000 msgs |',
@@ -49,7 +49,7 @@ export function renderMarkdown(r: BenchResults): string {
   if (r.latency.skipped !== undefined || r.latency.direct === null) lines.push(`| skipped | ${r.latency.skipped ?? 'not run'} | | |`)
   else {
     const row = (name: string, p: { p50: number; p90: number; p99: number } | null) => `| ${name} | ${fixed(p?.p50)} | ${fixed(p?.p90)} | ${fixed(p?.p99)} |`
-    lines.push(row('direct amqplib publish-to-confirm', r.latency.direct), row('sidecar HTTP publish-to-200', r.latency.sidecar), row('**added by the sidecar**', r.latency.added), '| Dapr (published, HTTP) | | +0.49 | +1.21 |')
+    lines.push(row('direct amqplib publish-to-confirm', r.latency.direct), row('sidecar HTTP publish-to-200', r.latency.sidecar), row('**added by the sidecar**', r.latency.added), '| Dapr (published, HTTP) | | +0.49 | +1.21 |', '', '"added" is the median over repetitions of (sidecar - direct) within each repetition, so it is not the difference of the two rows above.')
   }
   const res = r.resources
   lines.push(
