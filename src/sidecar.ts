@@ -96,6 +96,8 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
     if (upstream.state === 'blocked') reasons.push(`upstream blocked: ${upstream.status().blockedReason}`)
     else if (upstream.state !== 'connected') reasons.push(`upstream ${upstream.state}`)
     if (upstream.topologyError) reasons.push(`topology: ${upstream.topologyError.message}`)
+    // A blocked consume connection still delivers and acks; only a lost one stops consumers.
+    if (consumeUpstream.state !== 'connected' && consumeUpstream.state !== 'blocked') reasons.push(`consume upstream ${consumeUpstream.state}`)
     if (buffer.full) reasons.push('publish buffer full')
     return { ready: reasons.length === 0, reasons }
   }
