@@ -6,6 +6,11 @@
  * the ops routes on the configured ops port, the Secret is mounted where
  * amqp.urlFile and api.tokenFile point, the security context is locked down,
  * and the grace period fits the drain.
+ *
+ * The Kubernetes schemas accept unknown fields (the API server drops them, or
+ * refuses them only with --validate=strict), so a misspelt key would pass.
+ * The manifests are therefore also type-checked as object literals against
+ * kubernetes-models' TypeScript types, where an unknown field is an error.
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -17,6 +22,7 @@ import type { IContainer } from 'kubernetes-models/v1/Container'
 import type { IPodSpec } from 'kubernetes-models/v1/PodSpec'
 import { Registry } from 'prom-client'
 import t from 'tap'
+import ts from 'typescript'
 import { parseAllDocuments } from 'yaml'
 import { loadConfig, type SidecarConfig } from '../src/config/index.js'
 import { buildOpsServer } from '../src/http/ops.js'
@@ -48,6 +54,45 @@ const MODELS: Record<string, new (data: never) => { validate(): void }> = {
   'v1/Secret': Secret as never,
 }
 
+/** The TypeScript type of each kind, for the strict (unknown-field) check. */
+const TYPES: Record<string, { module: string; type: string }> = {
+  'apps/v1/Deployment': { module: 'kubernetes-models/apps/v1/Deployment', type: 'IDeployment' },
+  'v1/ConfigMap': { module: 'kubernetes-models/v1/ConfigMap', type: 'IConfigMap' },
+  'v1/Secret': { module: 'kubernetes-models/v1/Secret', type: 'ISecret' },
+}
+
+/** Type errors of `value` as a literal of the kind's type: unknown fields, wrong types. */
+function strictTypeErrors(items: { label: string; key: string; value: unknown }[]): string[] {
+  // A virtual file next to the tests (never written), so node_modules resolves.
+  const file = join(dirname(fileURLToPath(import.meta.url)), '__k8s_manifests__.ts')
+  const lines = items.flatMap(({ label, key, value }, i) => {
+    const t = TYPES[key]
+    if (!t) return [`// ${label}: no type for ${key}`]
+    return [`import type { ${t.type} as T${i} } from '${t.module}'`, `// ${label}`, `export const m${i}: T${i} = ${JSON.stringify(value)}`]
+  })
+  const source = lines.join('\n')
+  const options: ts.CompilerOptions = {
+    strict: true,
+    noEmit: true,
+    skipLibCheck: true,
+    types: [],
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
+  }
+  const host = ts.createCompilerHost(options)
+  const getSourceFile = host.getSourceFile.bind(host)
+  const fileExists = host.fileExists.bind(host)
+  host.getSourceFile = (name, language, ...rest) => (name === file ? ts.createSourceFile(name, source, language) : getSourceFile(name, language, ...rest))
+  host.fileExists = (name) => name === file || fileExists(name)
+  const program = ts.createProgram([file], options, host)
+  return ts.getPreEmitDiagnostics(program).map((d) => {
+    const line = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line : -1
+    const label = line >= 0 ? (source.split('\n')[line - 1] ?? '').replace(/^\/\/ /, '') : ''
+    return `${label}: ${ts.flattenDiagnosticMessageText(d.messageText, ' ')}`
+  })
+}
+
 const byKind = (kind: string) => manifests.filter((m) => m.kind === kind)
 const configMap = byKind('ConfigMap')[0] as unknown as { metadata: { name: string }; data: Record<string, string> }
 const secret = byKind('Secret')[0] as unknown as { metadata: { name: string }; stringData?: Record<string, string>; data?: Record<string, string> }
@@ -67,6 +112,16 @@ t.test('every manifest validates against the Kubernetes schemas', async (t) => {
   }
   // The validation is live: a wrong type is caught.
   t.throws(() => new Deployment({ metadata: { name: 'x' }, spec: { selector: {}, template: { spec: { containers: [{ name: 'x', ports: [{ containerPort: 'ops' as never }] }] } } } }).validate())
+})
+
+t.test('no manifest has an unknown or mistyped field (strict type check)', async (t) => {
+  const items = manifests
+    .filter((m) => m.kind !== 'Kustomization')
+    .map(({ file, ...value }) => ({ label: `${file} ${value.kind} ${value.metadata.name}`, key: `${value.apiVersion}/${value.kind}`, value }))
+  t.same(strictTypeErrors(items), [])
+  // The check is live: a misspelt field is caught.
+  const broken = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'x', lables: {} }, data: {} }
+  t.match(strictTypeErrors([{ label: 'broken', key: 'v1/ConfigMap', value: broken }]).join('\n'), /lables/)
 })
 
 t.test('kustomization lists every manifest and only existing files', async (t) => {
@@ -163,6 +218,7 @@ for (const d of deployments) {
       const volume = pod.volumes?.find((v) => v.name === mount?.name)
       t.equal(volume?.secret?.secretName, secret.metadata.name, `${name} (${path}) is on the Secret volume`)
       t.notOk(mount?.subPath, 'no subPath, so rotated secrets reach the file')
+      t.equal(volume?.secret?.defaultMode, 0o440, 'secret files are 0440: owner root, group fsGroup')
       t.ok(secretKeys.has(basename(path)), `the Secret has key ${basename(path)}`)
     }
     t.notOk(JSON.stringify(sidecar.env ?? []).includes('AMQP_URL'), 'the broker URL is not in the environment')
