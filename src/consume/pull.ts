@@ -86,7 +86,9 @@ export class PullQueue {
     if (s === 'idle') {
       const first = await this.#sub.start()
       if (first.type === 'not-found') {
-        this.close()
+        // Forgotten by the registry too, or every pull of a missing queue leaks a subscription.
+        void this.close()
+        this.onIdle(this)
         throw new SidecarError('QUEUE_NOT_FOUND', first.message)
       }
     } else if (s === 'paused') {

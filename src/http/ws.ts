@@ -81,6 +81,14 @@ export async function wsRoutes(app: FastifyInstance, deps: WsDeps): Promise<void
 
 class WsPeer implements StatusListener {
   readonly #subs = new Map<string, WsSubscription>()
+  /** Unsubscribed, but leases still outstanding: the channel stays until they settle (or the socket closes). */
+  readonly #leaving = new Set<WsSubscription>()
+  /**
+   * Message frames still in our send buffer (not yet written to the socket). A lease that
+   * expires with its frame still here means the client is not reading: its redelivery would
+   * pile up behind it without bound, so the client is cut instead (its leases are requeued).
+   */
+  readonly #unwritten = new Set<string>()
   readonly #log: Logger
   #alive = true
   #closed = false
@@ -126,8 +134,9 @@ class WsPeer implements StatusListener {
     clearInterval(this.#ping)
     this.deps.consumers.removeListener(this)
     this.deps.metrics.websocketClients.dec()
-    const subs = [...this.#subs.values()]
+    const subs = [...this.#subs.values(), ...this.#leaving]
     this.#subs.clear()
+    this.#leaving.clear()
     await Promise.all(subs.map((s) => this.#teardown(s)))
     if (this.ws.readyState === this.ws.OPEN) this.ws.close(1001, 'sidecar shutting down')
   }
@@ -178,7 +187,7 @@ class WsPeer implements StatusListener {
         if (this.#closed || s.unsubscribing) return void channel.nack(msg, true)
         const lease = consumers.leases.add(channel, msg, { queue, via: 'ws', leaseMs: s.leaseMs, onEnd: (l, how) => this.#onLeaseEnd(s, l, how) })
         s.leases.add(lease.deliveryId)
-        this.#send({ op: 'message', ...toDelivered(lease.deliveryId, queue, msg, s.base64) })
+        this.#sendMessage(lease.deliveryId, { op: 'message', ...toDelivered(lease.deliveryId, queue, msg, s.base64) })
       },
       onChannelClosed: (channel) => {
         const dropped = consumers.leases.dropChannel(channel)
@@ -202,10 +211,15 @@ class WsPeer implements StatusListener {
     const s = this.#subs.get(queue)
     if (!s) throw new SidecarError('INVALID_REQUEST', `not subscribed to "${queue}"`)
     this.#subs.delete(queue)
+    // Still tracked, so a socket closed before the leases settle requeues them and closes the channel.
+    this.#leaving.add(s)
     s.unsubscribing = true
     // Stop deliveries now; the channel stays until the leases on it are settled or expire.
     await s.sub.pause()
-    if (s.leases.size === 0) await this.deps.consumers.unsubscribe(s.sub)
+    if (s.leases.size === 0) {
+      this.#leaving.delete(s)
+      await this.deps.consumers.unsubscribe(s.sub)
+    }
     this.#send({ op: 'unsubscribed', queue, outstanding: s.leases.size, ...(f['id'] === undefined ? {} : { id: f['id'] }) })
   }
 
@@ -239,8 +253,16 @@ class WsPeer implements StatusListener {
 
   #onLeaseEnd(s: WsSubscription, lease: Lease, how: LeaseEnd): void {
     s.leases.delete(lease.deliveryId)
+    const unwritten = this.#unwritten.delete(lease.deliveryId)
+    if (how === 'expired' && unwritten && !this.#closed) {
+      this.#log.warn({ queue: lease.queue }, 'websocket client is not reading: a lease expired before its message was even written; closing it')
+      this.ws.terminate()
+    }
     if (how === 'expired') this.#send({ op: 'stale', queue: lease.queue, reason: 'lease-expired', deliveryIds: [lease.deliveryId] })
-    if (s.unsubscribing && s.leases.size === 0 && !this.#closed) void this.deps.consumers.unsubscribe(s.sub)
+    if (s.unsubscribing && s.leases.size === 0 && !this.#closed) {
+      this.#leaving.delete(s)
+      void this.deps.consumers.unsubscribe(s.sub)
+    }
   }
 
   #onSubEvent(s: WsSubscription, e: SubscriptionEvent): void {
@@ -276,6 +298,12 @@ class WsPeer implements StatusListener {
   #send(frame: Frame): void {
     if (this.ws.readyState !== this.ws.OPEN) return
     this.ws.send(JSON.stringify(frame))
+  }
+
+  #sendMessage(deliveryId: string, frame: Frame): void {
+    if (this.ws.readyState !== this.ws.OPEN) return
+    this.#unwritten.add(deliveryId)
+    this.ws.send(JSON.stringify(frame), () => this.#unwritten.delete(deliveryId))
   }
 }
 
