@@ -191,6 +191,21 @@ t.test('bearer token (api.tokenFile)', async (t) => {
   })
 })
 
+t.test('refused WebSocket upgrades do not hold sockets: shutdown still completes', async (t) => {
+  const dir = t.testdir({ token: TOKEN })
+  const s = await startSidecar(t, { api: { tokenFile: join(dir, 'token') } })
+  const url = `${s.api.replace('http', 'ws')}/v1/ws`
+  t.equal(await upgradeStatus(url, {}, 'https://evil.example'), 403)
+  t.equal(await upgradeStatus(url, {}), 401)
+  // An upgrade asked of a plain route is answered as plain HTTP (200 here), then its socket is closed.
+  t.not(await upgradeStatus(`${s.api.replace('http', 'ws')}/v1/status`, { authorization: `Bearer ${TOKEN}` }), 101, 'an upgrade on a plain route')
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), 10_000)))
+  const outcome = await Promise.race([s.stop().then(() => 'stopped' as const), late])
+  clearTimeout(timer)
+  t.equal(outcome, 'stopped', 'the API closed without waiting on refused upgrade sockets')
+})
+
 t.test('a missing, empty or short token file stops the start (fail closed)', async (t) => {
   const dir = t.testdir({ short: 'abc\n', empty: '', spaces: 'has spaces in the token 0123456789' })
   for (const name of ['missing', 'short', 'empty', 'spaces']) {

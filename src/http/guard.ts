@@ -84,6 +84,18 @@ export function installGuard(app: FastifyInstance, opts: GuardOptions): void {
       const presented = req.headers.authorization !== undefined
       reply.header('www-authenticate', presented ? `Bearer realm="${AUTH_REALM}", error="invalid_token"` : `Bearer realm="${AUTH_REALM}"`)
     }
+    if (isUpgrade(req)) reply.header('connection', 'close')
     return sendError(reply, error)
   })
+  // A socket that asked for an upgrade and was answered with anything else
+  // belongs to nobody: Node's HTTP server no longer tracks it, so it would
+  // stay open and hold close() for ever (@fastify/websocket only cleans up
+  // requests its own hooks saw, and a refusal here comes before them).
+  app.addHook('onResponse', async (req: FastifyRequest) => {
+    if (isUpgrade(req)) req.raw.socket.destroy()
+  })
+}
+
+function isUpgrade(req: FastifyRequest): boolean {
+  return req.raw.headers.upgrade !== undefined
 }
