@@ -140,3 +140,9 @@ t.test('publish ops answer confirm, or an error with the HTTP codes', async (t) 
   c.send({ op: 'ping', id: 'k' })
   await c.next((f) => f.op === 'pong', 'pong')
 })
+
+t.test('a plain GET /v1/ws (no upgrade) answers a documented 400', async (t) => {
+  const res = await fetch(`${sc.api}/v1/ws`)
+  t.equal(res.status, 400)
+  t.match(await res.json(), { error: { code: 'INVALID_REQUEST', message: /WebSocket upgrade/ } })
+})

@@ -146,9 +146,6 @@ const anyRequest = fc.tuple(fc.oneof(rawPublish, envelopePublish, pull, anything
  * The fix belongs in src/http/ws.ts: a route `handler` that answers
  * INVALID_REQUEST next to the `wsHandler`.
  */
-function knownGap(req: Req, res: RawResponse): boolean {
-  return req.path.split('?')[0] === '/v1/ws' && res.status === 404 && res.text === ''
-}
 
 function check(req: Req, res: RawResponse): void {
   const where = `${req.method} ${req.path.slice(0, 120)} -> ${res.status} ${res.text.slice(0, 200)}`
@@ -156,7 +153,7 @@ function check(req: Req, res: RawResponse): void {
   const everything = `${res.text}\n${JSON.stringify(res.headers)}`
   if (everything.includes(password)) throw new Error(`the broker password leaked: ${where}`)
   if (everything.includes(token)) throw new Error(`the API token leaked: ${where}`)
-  if (res.status >= 400 && req.method !== 'HEAD' && !knownGap(req, res)) {
+  if (res.status >= 400 && req.method !== 'HEAD') {
     const code = (res.json as { error?: { code?: string } } | undefined)?.error?.code
     if (code === undefined || !(code in ERROR_CODES)) throw new Error(`error without a registry code: ${where}`)
     if (ERROR_CODES[code as ErrorCode].status !== res.status) throw new Error(`code ${code} answered with status ${res.status}: ${where}`)

@@ -26,7 +26,7 @@ import type { Metrics } from '../observe/metrics.js'
 import { fromEnvelope, type Envelope, type PublishDefaults } from '../publish/message.js'
 import type { Publisher } from '../publish/publisher.js'
 import type { Upstream, UpstreamState } from '../upstream/connection.js'
-import { toSidecarError } from './errors.js'
+import { sendError, toSidecarError } from './errors.js'
 
 export interface WsDeps {
   consumers: Consumers
@@ -64,19 +64,19 @@ export async function wsRoutes(app: FastifyInstance, deps: WsDeps): Promise<void
     description:
       'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, ping. Server ops: message, confirm, error, stale, status, subscribed, unsubscribed, result, pong. See docs/consuming.md.',
   }
-  app.get(
-    '/v1/ws',
-    {
-      websocket: true,
-      schema: doc,
-      // @fastify/websocket hides WebSocket routes from OpenAPI; this one is API, so document it.
-      config: { swaggerTransform: ({ schema, url }: { schema: unknown; url: string }) => ({ schema: { ...(schema as object), hide: false, response: { 101: { description: 'Switching Protocols: the socket is open' } } }, url }) },
+  app.route({
+    method: 'GET',
+    url: '/v1/ws',
+    schema: doc,
+    // @fastify/websocket hides WebSocket routes from OpenAPI; this one is API, so document it.
+    config: { swaggerTransform: ({ schema, url }: { schema: unknown; url: string }) => ({ schema: { ...(schema as object), hide: false, response: { 101: { description: 'Switching Protocols: the socket is open' } } }, url }) },
+    // A plain GET (no Upgrade header) gets a documented error instead of the plugin's empty 404.
+    handler: (_req, reply) => sendError(reply, new SidecarError('INVALID_REQUEST', 'GET /v1/ws needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)')),
+    wsHandler: (socket) => {
+      // Handlers are attached synchronously inside the peer's constructor, so no frame is missed.
+      new WsPeer(socket, deps)
     },
-    (socket) => {
-    // Handlers are attached synchronously inside the peer's constructor, so no frame is missed.
-    new WsPeer(socket, deps)
-    },
-  )
+  })
 }
 
 class WsPeer implements StatusListener {
