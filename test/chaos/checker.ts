@@ -52,6 +52,11 @@ export interface ChaosOptions {
   progressEveryMs?: number
   /** Keep cycling past `seconds` until every fault kind ran once (default true). */
   fullRound?: boolean
+  /**
+   * Negative control: a direct amqplib consumer steals messages (noAck) for a
+   * second at the start of the faults, so the checker must report lost > 0.
+   */
+  sabotage?: boolean
   /** Keep the work directory (sidecar log and config) even when the run passes. */
   keepDir?: boolean
 }
@@ -70,6 +75,8 @@ export interface ChaosReport extends CheckResult {
   consumerEvents: { stale: number; errors: Record<string, number>; reconnects: number }
   /** Left in the queue after the sidecar stopped (read by the direct drain). */
   drained: number
+  /** Messages taken by the sabotage consumer (0 unless sabotage). */
+  stolen: number
   /** Whether the consumers had read every confirmed message before the drain. */
   caughtUp: boolean
   loadAvg: { start: number[]; end: number[] }
@@ -142,7 +149,12 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
 
     let publishing = true
     const loops = Array.from({ length: o.publishers }, (_, k) => publisherLoop(k, sc.api, queue, history, () => publishing, o.ratePerPublisher, o.publishTimeoutMs))
+    let stolen = 0
     try {
+      if (o.sabotage) {
+        stolen = await steal(broker.url, queue, 1000)
+        o.onProgress(`sabotage: a direct consumer stole ${stolen} messages`)
+      }
       // The fault cycler: rotate through every kind in a shuffled order per round.
       const targets = { proxy, broker }
       let round: FaultKind[] = []
@@ -186,6 +198,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       caughtUp = await waitFor(async () => history.allConfirmedRead() && (await ch.checkQueue(queue)).messageCount === 0, {
         timeoutMs: CATCH_UP_TIMEOUT_MS,
         what: 'the consumers to read every confirmed message',
+        intervalMs: 250,
       }).catch(() => false)
     } finally {
       await direct.close().catch(() => {})
@@ -221,6 +234,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       },
       drained,
       caughtUp,
+      stolen,
       loadAvg: { start: loadStart, end: loadavg() },
       workDir: o.keepDir || !passed ? dir : undefined,
     }
@@ -353,6 +367,22 @@ class WsConsumer {
   }
 }
 
+/** The sabotage: a competing consumer on the queue, bypassing the checker, for ms. */
+async function steal(url: string, queue: string, ms: number): Promise<number> {
+  const conn = await amqplib.connect(url)
+  conn.on('error', () => {})
+  let n = 0
+  try {
+    const ch = await conn.createChannel()
+    const { consumerTag } = await ch.consume(queue, () => void n++, { noAck: true })
+    await delay(ms)
+    await ch.cancel(consumerTag)
+  } finally {
+    await conn.close().catch(() => {})
+  }
+  return n
+}
+
 /** After the sidecar is gone: get every message left in the queue (noAck), then make sure it is empty. */
 async function drainDirectly(url: string, queue: string, history: History): Promise<number> {
   const conn = await amqplib.connect(url)
@@ -393,6 +423,7 @@ export function formatReport(r: ChaosReport): string {
     ['sidecar disconnects', JSON.stringify(r.sidecarDisconnects)],
     ['consumer events', JSON.stringify(r.consumerEvents)],
     ['consumers caught up', String(r.caughtUp)],
+    ...(r.stolen > 0 ? [['stolen by the sabotage consumer', r.stolen] as [string, number]] : []),
     ['run', `${r.faultSeconds} s of faults, ${Math.round(r.durationMs / 1000)} s total, ${r.publishers} publishers, ${r.consumers} WebSocket consumers, ${r.queueType} queue, seed ${r.seed}`],
     ['load average', `start ${r.loadAvg.start.map((x) => x.toFixed(2)).join(' ')}, end ${r.loadAvg.end.map((x) => x.toFixed(2)).join(' ')}`],
     ['verdict', r.ok ? 'PASS (lost = 0, unexpected = 0)' : 'FAIL'],

@@ -12,6 +12,8 @@
  *   --quorum           use a quorum queue instead of a classic durable queue
  *   --json             print the report as JSON too
  *   --keep             keep the work directory (sidecar log) even on success
+ *   --sabotage         negative control: a direct consumer steals messages for 1 s;
+ *                      the run must then FAIL with lost > 0
  */
 import { parseArgs } from 'node:util'
 import { formatReport, runChaos } from './checker.js'
@@ -42,6 +44,7 @@ try {
       quorum: { type: 'boolean' },
       json: { type: 'boolean' },
       keep: { type: 'boolean' },
+      sabotage: { type: 'boolean' },
     },
     strict: true,
   }).values
@@ -66,6 +69,7 @@ try {
     faults,
     queueType: args.quorum ? 'quorum' : 'classic',
     keepDir: args.keep === true,
+    sabotage: args.sabotage === true,
     onProgress: log,
   })
   log('')
