@@ -134,6 +134,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
           persistent: config.publish.persistent,
           timeoutMs: config.publish.timeoutMs,
           allowedExchanges: config.publish.allowedExchanges,
+          internalExchanges: config.topology.exchanges.filter((e) => e.internal).map((e) => e.name),
         },
         status,
         accepting: () => state === 'running' || state === 'draining',

@@ -198,3 +198,22 @@ t.test('metrics count outcomes', async (t) => {
   t.match(text, /amqp_sidecar_publish_duration_seconds_bucket/)
   t.match(text, /amqp_sidecar_buffered_messages 0/)
 })
+
+t.test('a message amqplib cannot encode is refused alone and does not stall the others', async (t) => {
+  const longName = 'k'.repeat(300)
+  const env = { exchange, routingKey: 'order.h', body: 'x', headers: { [longName]: 'v' } }
+  const bad = await post('/v1/publish', JSON.stringify(env), { 'content-type': 'application/json', 'x-ack': 'accepted' })
+  t.equal(bad.status, 400, 'an over-long header name is a bad request, even in accepted mode')
+  const huge = { exchange, routingKey: 'order.h', body: 'x', headers: Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`h${i}`, 'v'.repeat(500)])) }
+  // This file's sidecar has a 1 KiB body limit; a second one with the default takes the big table.
+  const roomy = await startSidecar(t, {})
+  const tooBig = await fetch(`${roomy.api}/v1/publish`, { method: 'POST', body: JSON.stringify(huge), headers: { 'content-type': 'application/json' } })
+  t.equal(tooBig.status, 400, 'an oversized header table is a bad request')
+  t.match(await tooBig.json(), { error: { code: 'INVALID_REQUEST', message: /headers are too large/ } })
+  const userId = await post('/v1/publish', JSON.stringify({ exchange, routingKey: 'order.h', body: 'x', properties: { userId: 'mallory' } }), { 'content-type': 'application/json' })
+  t.equal(userId.status, 400, 'userId is refused: the broker would close the channel for a mismatch')
+  const good = await post(`/v1/publish/${exchange}/order.after`, 'fine', { 'x-message-id': 'after-bad' })
+  t.equal(good.status, 200, 'the next publish is confirmed at once')
+  const got = await amqp.drainUntil(queue, 1)
+  t.same(got.map((m) => m.properties.messageId), ['after-bad'])
+})

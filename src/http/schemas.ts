@@ -20,7 +20,6 @@ export const propertiesSchema = {
     contentEncoding: shortString,
     persistent: { type: 'boolean' },
     timestamp: { type: 'integer', minimum: 0 },
-    userId: shortString,
   },
 } as const
 

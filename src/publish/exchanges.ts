@@ -12,10 +12,15 @@ const POSITIVE_TTL_MS = 60_000
 /** A missing exchange is remembered briefly, so a flood of bad publishes costs one check. */
 const NEGATIVE_TTL_MS = 1_000
 const NOT_FOUND = 404
+/** Bounds: names apps invent must not grow memory, or open channels, without limit. */
+const MAX_CACHED = 1_000
+const MAX_CHECKS_IN_FLIGHT = 8
 
 export class ExchangeRegistry {
   #known = new Map<string, { exists: boolean; until: number }>()
   #pending = new Map<string, Promise<boolean>>()
+  #inFlight = 0
+  #waiting: Array<() => void> = []
 
   /** True when the exchange is known to exist without asking the broker. */
   knownToExist(name: string): boolean {
@@ -42,18 +47,36 @@ export class ExchangeRegistry {
     this.#known.clear()
   }
 
+  #remember(name: string, exists: boolean, ttlMs: number): void {
+    this.#known.delete(name)
+    // A Map iterates in insertion order: the first key is the oldest.
+    if (this.#known.size >= MAX_CACHED) this.#known.delete(this.#known.keys().next().value as string)
+    this.#known.set(name, { exists, until: Date.now() + ttlMs })
+  }
+
   async #check(connection: ChannelModel, name: string): Promise<boolean> {
+    if (this.#inFlight >= MAX_CHECKS_IN_FLIGHT) await new Promise<void>((resolve) => this.#waiting.push(resolve))
+    this.#inFlight++
+    try {
+      return await this.#passiveDeclare(connection, name)
+    } finally {
+      this.#inFlight--
+      this.#waiting.shift()?.()
+    }
+  }
+
+  async #passiveDeclare(connection: ChannelModel, name: string): Promise<boolean> {
     const ch = await connection.createChannel()
     // A 404 here closes this throwaway channel only; the rejection below carries it.
     ch.on('error', () => {})
     try {
       await ch.checkExchange(name)
-      this.#known.set(name, { exists: true, until: Date.now() + POSITIVE_TTL_MS })
+      this.#remember(name, true, POSITIVE_TTL_MS)
       await ch.close().catch(() => {})
       return true
     } catch (err) {
       if (channelErrorCode(err) !== NOT_FOUND) throw err
-      this.#known.set(name, { exists: false, until: Date.now() + NEGATIVE_TTL_MS })
+      this.#remember(name, false, NEGATIVE_TTL_MS)
       return false
     }
   }

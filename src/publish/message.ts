@@ -20,6 +20,8 @@ export interface PublishDefaults {
   persistent: boolean
   timeoutMs: number
   allowedExchanges: readonly string[] | null
+  /** Exchanges the topology declares internal: the broker refuses publishes to them by closing the channel. */
+  internalExchanges?: readonly string[]
 }
 
 export interface PropertiesInput {
@@ -34,7 +36,6 @@ export interface PropertiesInput {
   contentEncoding?: string
   persistent?: boolean
   timestamp?: number
-  userId?: string
 }
 
 export type HeaderValue = string | number | boolean | null
@@ -65,11 +66,12 @@ function shortString(name: string, v: unknown): string | undefined {
   return v
 }
 
-export function exchangeName(raw: string, allowed: readonly string[] | null): string {
+export function exchangeName(raw: string, allowed: readonly string[] | null, internal: readonly string[] = []): string {
   if (raw !== DEFAULT_EXCHANGE_ALIAS && raw !== '' && !NAME_RE.test(raw)) {
     throw invalid('exchange must be 1-255 characters of letters, digits, "-", "_", ".", ":" (amq.default for the default exchange)')
   }
   if (allowed && !allowed.includes(raw)) throw new SidecarError('EXCHANGE_NOT_ALLOWED', `Publishing to exchange "${raw}" is not allowed by publish.allowedExchanges`)
+  if (internal.includes(raw)) throw new SidecarError('EXCHANGE_NOT_ALLOWED', `Exchange "${raw}" is internal: only other exchanges can route to it`)
   return raw === DEFAULT_EXCHANGE_ALIAS ? '' : raw
 }
 
@@ -108,6 +110,25 @@ export function parseTimeout(v: string | undefined, def: number): number {
   return parseIntIn('X-Timeout-Ms', v, 1, MAX_TIMEOUT_MS) ?? def
 }
 
+/** Keep well inside amqplib's 64 KiB encoding buffer for the whole property block. */
+const MAX_HEADERS_BYTES = 32 * 1024
+
+/**
+ * amqplib throws while encoding an over-long header name or an oversized
+ * table, and that must be an error for this request, never a write failure
+ * that stalls every publish behind it.
+ */
+function checkHeaders(headers: Record<string, HeaderValue>): Record<string, HeaderValue> {
+  let size = 0
+  for (const [key, value] of Object.entries(headers)) {
+    const keyBytes = Buffer.byteLength(key)
+    if (keyBytes === 0 || keyBytes > 255) throw invalid(`header name "${key.slice(0, 40)}" must be 1-255 bytes`)
+    size += keyBytes + 6 + (typeof value === 'string' ? Buffer.byteLength(value) : 8)
+  }
+  if (size > MAX_HEADERS_BYTES) throw invalid(`headers are too large (${size} bytes encoded, at most ${MAX_HEADERS_BYTES})`)
+  return headers
+}
+
 function build(
   exchange: string,
   rk: string,
@@ -123,9 +144,10 @@ function build(
     messageId,
     mandatory,
     persistent: props.persistent ?? defaults.persistent,
-    headers: headers ?? {},
+    headers: checkHeaders(headers ?? {}),
   }
-  const strings = ['correlationId', 'replyTo', 'type', 'appId', 'contentType', 'contentEncoding', 'userId'] as const
+  // No userId: the broker requires it to equal the sidecar's own login, and closes the channel otherwise.
+  const strings = ['correlationId', 'replyTo', 'type', 'appId', 'contentType', 'contentEncoding'] as const
   for (const k of strings) {
     const v = shortString(k, props[k])
     if (v !== undefined) options[k] = v
@@ -140,7 +162,7 @@ function build(
 
 /** POST /v1/publish/{exchange}/{routingKey}: the body is the message, headers carry the properties. */
 export function fromRawRequest(exchangeParam: string, routingKeyParam: string | undefined, h: IncomingHttpHeaders, body: Buffer, defaults: PublishDefaults): PublishRequest {
-  const exchange = exchangeName(exchangeParam, defaults.allowedExchanges)
+  const exchange = exchangeName(exchangeParam, defaults.allowedExchanges, defaults.internalExchanges)
   const headers: Record<string, HeaderValue> = {}
   for (const [name, value] of Object.entries(h)) {
     if (name.startsWith('x-header-') && name.length > 'x-header-'.length) {
@@ -192,7 +214,7 @@ function envelopeBody(env: Envelope): { content: Buffer; defaultContentType?: st
 /** One JSON envelope (POST /v1/publish, batch items, WebSocket publish ops). */
 export function fromEnvelope(env: Envelope, defaults: PublishDefaults): OutgoingMessage {
   try {
-    const exchange = exchangeName(env.exchange, defaults.allowedExchanges)
+    const exchange = exchangeName(env.exchange, defaults.allowedExchanges, defaults.internalExchanges)
     const { content, defaultContentType } = envelopeBody(env)
     const props: PropertiesInput = { ...env.properties }
     if (props.contentType === undefined && defaultContentType) props.contentType = defaultContentType

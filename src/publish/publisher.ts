@@ -17,7 +17,7 @@
  * X-Ack: accepted messages (202) have no deadline: they survive reconnects
  * and are re-sent when a channel dies under them (at-least-once).
  */
-import type { ChannelModel, ConfirmChannel, Options } from 'amqplib'
+import { IllegalOperationError, type ChannelModel, type ConfirmChannel, type Options } from 'amqplib'
 import { SidecarError } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
@@ -278,13 +278,19 @@ export class Publisher {
       let hasRoom: boolean
       try {
         hasRoom = slot.channel.publish(msg.exchange, msg.routingKey, msg.content, msg.options, (err: unknown) => this.#onConfirm(slot, entry, err))
-      } catch {
-        // The channel closed between our check and the write (IllegalOperationError).
+      } catch (err) {
         slot.written.delete(entry)
-        entry.state = 'queued'
         entry.channel = undefined
-        this.#queue.unshift(entry)
-        return
+        if (err instanceof IllegalOperationError) {
+          // The channel closed between our check and the write: send it on the next one.
+          entry.state = 'queued'
+          this.#queue.unshift(entry)
+          return
+        }
+        // amqplib could not encode this message: its fault alone, so refuse it and go on.
+        entry.state = 'queued'
+        this.#finish(entry, new SidecarError('INVALID_REQUEST', `The message could not be encoded: ${(err as Error).message}`, { messageId: msg.options.messageId }), 'rejected')
+        continue
       }
       this.upstream.touch()
       // amqplib's write buffer is full: wait for its 'drain' before writing more.
@@ -319,6 +325,8 @@ export class Publisher {
       // Never written: drop it, so it cannot reach the broker after we said 504.
       const i = this.#queue.indexOf(entry)
       if (i >= 0) this.#queue.splice(i, 1)
+      // What waited behind it may be writable now.
+      this.#flush()
       this.#finish(entry, this.#unknown(entry, `The deadline passed before the message could be sent (upstream ${this.upstream.state}); it was not sent`), 'unknown')
     } else if (entry.state === 'written') {
       // Written: answer now, but keep its buffer room until the broker settles it.
