@@ -9,6 +9,7 @@ import type { FastifyInstance } from 'fastify'
 import type { AddressInfo } from 'node:net'
 import type { SidecarConfig } from './config/index.js'
 import { Consumers } from './consume/consumers.js'
+import { TIMED_OUT, withDeadline } from './deadline.js'
 import { buildApiServer } from './http/api.js'
 import { buildOpsServer, type Readiness } from './http/ops.js'
 import type { Logger } from './observe/logger.js'
@@ -48,6 +49,8 @@ export interface Sidecar {
 
 /** After the drain, how long outstanding confirms may take at most. */
 const CONFIRM_WAIT_CAP_MS = 10_000
+/** Each shutdown step that waits on the broker or on clients gets at most this long. */
+const STEP_DEADLINE_MS = 5_000
 
 export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar {
   const log = deps.log
@@ -100,6 +103,10 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
     if (consumeUpstream.state !== 'connected' && consumeUpstream.state !== 'blocked') reasons.push(`consume upstream ${consumeUpstream.state}`)
     if (buffer.full) reasons.push('publish buffer full')
     return { ready: reasons.length === 0, reasons }
+  }
+
+  const step = async (what: string, work: Promise<unknown>) => {
+    if ((await withDeadline(work, STEP_DEADLINE_MS)) === TIMED_OUT) log.warn({ step: what, deadlineMs: STEP_DEADLINE_MS }, 'a shutdown step overran its deadline; going on')
   }
 
   const listen = async (app: FastifyInstance, host: string, port: number) => {
@@ -161,7 +168,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         // 1. Not ready: the platform stops sending traffic; publishes are still served.
         state = 'draining'
         // Consumers first: cancel them and requeue prefetched messages nobody was given; acks keep working.
-        await consumers.stopConsuming()
+        await step('cancel consumers', consumers.stopConsuming())
         log.info({ drainMs }, 'shutting down: readiness is 503, still serving publishes during the drain (signal again to exit now)')
         await new Promise((r) => setTimeout(r, drainMs))
         // 2. Stop serving, wait for outstanding confirms, answer whatever is left.
@@ -169,14 +176,13 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         const confirmWait = Math.min(config.publish.timeoutMs, CONFIRM_WAIT_CAP_MS)
         const drained = await publisher.drain(confirmWait)
         if (!drained) log.warn({ held: buffer.snapshot(), waitedMs: confirmWait }, 'messages still unconfirmed at shutdown; they are answered 504 or logged')
-        await publisher.close()
+        await step('close the publisher', publisher.close())
         // Leases not acked within the drain are requeued (nack requeue=true), never dead-lettered.
-        await consumers.close()
-        await api?.close()
-        // 3. Close the AMQP connection cleanly (connection.close, not a dropped socket).
-        await upstream.close()
-        await consumeUpstream.close()
-        await ops?.close()
+        await step('requeue leases and close consumers', consumers.close())
+        await step('close the API listener', api?.close() ?? Promise.resolve())
+        // 3. Close the AMQP connections cleanly (connection.close, not a dropped socket); each has its own deadline.
+        await Promise.all([upstream.close(), consumeUpstream.close()])
+        await step('close the ops listener', ops?.close() ?? Promise.resolve())
         state = 'closed'
         log.info('amqp-sidecar stopped')
       })()

@@ -146,3 +146,11 @@ t.test('a plain GET /v1/ws (no upgrade) answers a documented 400', async (t) => 
   t.equal(res.status, 400)
   t.match(await res.json(), { error: { code: 'INVALID_REQUEST', message: /WebSocket upgrade/ } })
 })
+
+t.test("subscribing to another connection's exclusive queue answers FORBIDDEN, not INTERNAL", async (t) => {
+  const ch = await amqp.channel()
+  const { queue: exclusive } = await ch.assertQueue('', { exclusive: true })
+  const c = await wsClient(t, sc.api)
+  c.send({ op: 'subscribe', id: 'x1', queue: exclusive })
+  t.match(await c.next((f) => f['id'] === 'x1', 'locked queue'), { op: 'error', code: 'FORBIDDEN' })
+})

@@ -94,8 +94,10 @@ export class PullQueue {
     } else if (s === 'paused') {
       this.#sub.resume()
     }
+    // A client that left while the consumer was starting must not be leased anything.
+    if (req.signal.aborted) return []
     if (this.#ready.length > 0) return this.#take(req)
-    if (req.waitMs === 0 || req.signal.aborted) return []
+    if (req.waitMs === 0) return []
     return new Promise((resolve) => {
       const waiter: Waiter = {
         req,

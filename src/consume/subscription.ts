@@ -169,6 +169,7 @@ export class Subscription {
   async #consume(ref: ConsumerChannel, conn: ChannelModel): Promise<void> {
     if (!ref.open || this.#consumerTag !== undefined || this.#consumeInFlight) return
     this.#consumeInFlight = true
+    let cancelledForPause = false
     try {
       const { consumerTag } = await ref.channel.consume(this.queue, (msg) => this.#onMessage(ref, conn, msg), { noAck: false })
       if (!ref.open) return
@@ -176,6 +177,7 @@ export class Subscription {
       this.#backoff.reset()
       if ((this.#state as State) !== 'consuming') {
         // pause()/stop() ran while basic.consume was in flight.
+        cancelledForPause = true
         await this.#cancelConsumer()
         return
       }
@@ -197,6 +199,8 @@ export class Subscription {
       }
     } finally {
       this.#consumeInFlight = false
+      // resume() may have landed during that cancel, and found a consume still in flight.
+      if (cancelledForPause && this.#state === 'consuming') this.#ensure()
     }
   }
 

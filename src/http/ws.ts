@@ -200,7 +200,9 @@ class WsPeer implements StatusListener {
     if (first.type === 'not-found' || first.type === 'failed') {
       this.#subs.delete(queue)
       await consumers.unsubscribe(s.sub)
-      throw new SidecarError(first.type === 'not-found' ? 'QUEUE_NOT_FOUND' : 'INTERNAL', first.message)
+      // 403 ACCESS_REFUSED and 405 RESOURCE_LOCKED (another connection's exclusive queue) are the broker saying no.
+      const refused = first.type === 'failed' && (first.code === 403 || first.code === 405)
+      throw new SidecarError(first.type === 'not-found' ? 'QUEUE_NOT_FOUND' : refused ? 'FORBIDDEN' : 'INTERNAL', first.message)
     }
     s.answered = true
     this.#send({ op: 'subscribed', queue, prefetch, leaseMs, active: first.type === 'active', ...(f['id'] === undefined ? {} : { id: f['id'] }) })

@@ -18,6 +18,7 @@
  * and are re-sent when a channel dies under them (at-least-once).
  */
 import { IllegalOperationError, type ChannelModel, type ConfirmChannel, type Options } from 'amqplib'
+import { TIMED_OUT, withDeadline } from '../deadline.js'
 import { SidecarError } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
@@ -106,7 +107,8 @@ export class Publisher {
     const conn = this.upstream.connection
     // Checked before taking buffer room; when disconnected the writer checks it instead.
     if (conn && !this.#exchanges.knownToExist(msg.exchange)) {
-      const exists = await this.#withDeadline(this.#exchanges.exists(conn, msg.exchange), deadlineAt).catch(() => undefined)
+      const checked = await withDeadline(this.#exchanges.exists(conn, msg.exchange).catch(() => undefined), Math.max(0, deadlineAt - Date.now()))
+      const exists = checked === TIMED_OUT ? undefined : checked
       if (exists === false) throw fail('EXCHANGE_NOT_FOUND', `The broker has no exchange "${msg.exchange}"`)
     }
     if (!this.buffer.tryReserve(msg.content.length)) {
@@ -364,19 +366,5 @@ export class Publisher {
 
   #count(outcome: PublishOutcome): void {
     this.metrics.published.inc({ outcome })
-  }
-
-  async #withDeadline<T>(p: Promise<T>, deadlineAt: number): Promise<T> {
-    let timer: NodeJS.Timeout | undefined
-    try {
-      return await Promise.race([
-        p,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error('deadline')), Math.max(0, deadlineAt - Date.now()))
-        }),
-      ])
-    } finally {
-      clearTimeout(timer)
-    }
   }
 }

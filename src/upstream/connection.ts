@@ -12,6 +12,7 @@ import type { Socket } from 'node:net'
 import { AmqpConnectionManagerClass, type AmqpConnectionManager } from 'amqp-connection-manager'
 import type { ChannelModel } from 'amqplib'
 import type { SidecarConfig } from '../config/index.js'
+import { TIMED_OUT, withDeadline } from '../deadline.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics } from '../observe/metrics.js'
 import { redactUrl, type SecretRegistry } from '../observe/redact.js'
@@ -144,13 +145,8 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.#setState('closed')
     this.#stopIdleSampling()
     if (!acm) return
-    let timer: NodeJS.Timeout | undefined
-    const timeout = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), deadlineMs)
-    })
-    const result = await Promise.race([acm.close().then(() => 'closed' as const, () => 'closed' as const), timeout])
-    clearTimeout(timer)
-    if (result === 'timeout') {
+    const result = await withDeadline(acm.close().catch(() => undefined), deadlineMs)
+    if (result === TIMED_OUT) {
       this.log.warn({ deadlineMs }, 'the AMQP connection did not close in time; destroying the socket')
       this.#socket?.destroy()
     }
