@@ -294,7 +294,6 @@ export class Publisher {
         this.#finish(entry, new SidecarError('INVALID_REQUEST', `The message could not be encoded: ${(err as Error).message}`, { messageId: msg.options.messageId }), 'rejected')
         continue
       }
-      this.upstream.touch()
       // amqplib's write buffer is full: wait for its 'drain' before writing more.
       if (!hasRoom) {
         slot.hasRoom = false

@@ -7,7 +7,6 @@
  * their own on 'ready', so a fault in one never takes down another.
  */
 import { EventEmitter } from 'node:events'
-import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import { AmqpConnectionManagerClass, type AmqpConnectionManager } from 'amqp-connection-manager'
 import type { ChannelModel } from 'amqplib'
@@ -16,6 +15,8 @@ import { TIMED_OUT, withDeadline } from '../deadline.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics } from '../observe/metrics.js'
 import { redactUrl, type SecretRegistry } from '../observe/redact.js'
+import { brokerUrls, socketOptions } from './endpoints.js'
+import { IdleMeter } from './idle-meter.js'
 import { Backoff } from './backoff.js'
 import { classifyError, type DisconnectCause } from './classify.js'
 import { detectIdleTimeout } from './diagnosis.js'
@@ -52,8 +53,6 @@ export interface UpstreamEvents {
 
 /** A connection that lived less than this is "flapping": its loss keeps widening the backoff. */
 const STABLE_CONNECTION_MS = 10_000
-/** Resolution of the idle-time measurement (how often socket byte counters are read). */
-const IDLE_SAMPLE_MS = 100
 /** ACM's close() waits on a pending connect and on CloseOk: never wait for it longer than this. */
 const CLOSE_DEADLINE_MS = 5_000
 const HISTORY_LENGTH = 20
@@ -65,9 +64,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   #socket: Socket | undefined
   #currentUrl: string | undefined
   #connectedAt: number | undefined
-  #lastActivityAt = 0
-  #bytesSeen = 0
-  #idleTimer: NodeJS.Timeout | undefined
+  readonly #idle = new IdleMeter()
   #blockedReason: string | null = null
   #topologyError: TopologyError | null = null
   #connects = 0
@@ -143,7 +140,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     if (this.#state === 'closed') return
     const acm = this.#acm
     this.#setState('closed')
-    this.#stopIdleSampling()
+    this.#idle.stop()
     if (!acm) return
     const result = await withDeadline(acm.close().catch(() => undefined), deadlineMs)
     if (result === TIMED_OUT) {
@@ -157,11 +154,6 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   /** Forces a new connection (used after channel-level faults ACM cannot recover). */
   reconnect(): void {
     if (this.#state !== 'closed') this.#acm?.reconnect()
-  }
-
-  /** Publishers and consumers call this when they write, so idle time counts our traffic too. */
-  touch(): void {
-    this.#lastActivityAt = Date.now()
   }
 
   get history(): readonly DisconnectRecord[] {
@@ -194,41 +186,14 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     }
   }
 
+  /** Called by ACM before each round over the URL list; TLS files are re-read with the URLs. */
   #readUrls(): string[] {
-    const { amqp } = this.config
-    let urls: string[] = [...amqp.urls]
-    if (amqp.urlFile) {
-      // Read on every round, so rotated credentials apply without a restart.
-      urls = readFileSync(amqp.urlFile, 'utf8').split(/[\n,]/).map((s) => s.trim()).filter((s) => s && !s.startsWith('#'))
-      if (urls.length === 0) throw new Error(`amqp.urlFile ${amqp.urlFile} holds no URL`)
-    }
-    // TLS files are re-read with the URLs (ACM reads connectionOptions right after this
-    // returns), so a rotated CA, client certificate or key applies on the next reconnect too.
     if (this.#acm) this.#acm.connectionOptions = this.#socketOptions()
-    return urls.map((raw) => {
-      this.secrets.addUrl(raw)
-      const u = new URL(raw)
-      if (u.protocol !== 'amqp:' && u.protocol !== 'amqps:') throw new Error(`${redactUrl(raw)}: must use amqp:// or amqps://`)
-      // The configured (or adapted) heartbeat always wins over one written in the URL.
-      u.searchParams.set('heartbeat', String(this.heartbeatSeconds))
-      return u.toString()
-    })
+    return brokerUrls(this.config.amqp, this.heartbeatSeconds, this.secrets)
   }
 
   #socketOptions(): Record<string, unknown> {
-    const { amqp } = this.config
-    const tls = amqp.tls
-    return {
-      keepAlive: true,
-      keepAliveDelay: amqp.keepAliveDelayMs,
-      noDelay: true,
-      timeout: amqp.connectTimeoutMs,
-      clientProperties: { connection_name: `${amqp.connectionName}:${this.role}` },
-      ...(tls.caFile ? { ca: [readFileSync(tls.caFile)] } : {}),
-      ...(tls.certFile ? { cert: readFileSync(tls.certFile) } : {}),
-      ...(tls.keyFile ? { key: readFileSync(tls.keyFile) } : {}),
-      rejectUnauthorized: tls.rejectUnauthorized,
-    }
+    return socketOptions(this.config.amqp, `${this.config.amqp.connectionName}:${this.role}`)
   }
 
   async #onConnect(connection: ChannelModel, url: unknown): Promise<void> {
@@ -240,7 +205,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.#connectedAt = Date.now()
     this.#connects++
     this.#lastConnectError = null
-    this.#startIdleSampling()
+    this.#idle.start(this.#socket)
     this.metrics.upstreamConnects.inc(this.#labels)
     this.metrics.upstreamConnected.set(this.#labels, 1)
     const hb = (connection as unknown as { connection: { heartbeat: number } }).connection.heartbeat
@@ -266,13 +231,13 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
 
   #onDisconnect(err: unknown): void {
     const wasConnected = this.#connection !== undefined
-    const idle = this.#lastActivityAt ? Date.now() - this.#lastActivityAt : null
+    const idle = this.#idle.idleMs()
     const lived = this.#connectedAt ? Date.now() - this.#connectedAt : 0
     this.#connection = undefined
     this.#socket = undefined
     this.#connectedAt = undefined
     this.#blockedReason = null
-    this.#stopIdleSampling()
+    this.#idle.stop()
     this.metrics.upstreamConnected.set(this.#labels, 0)
     this.metrics.upstreamBlocked.set(this.#labels, 0)
     if (this.#state === 'closed') return
@@ -352,27 +317,5 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     if (this.#state === state) return
     this.#state = state
     this.emit('state', state)
-  }
-
-  // Idle time is measured from socket byte counters rather than by wrapping
-  // amqplib's writes: it sees heartbeats and every frame in both directions.
-  #startIdleSampling(): void {
-    this.#stopIdleSampling()
-    this.#lastActivityAt = Date.now()
-    this.#bytesSeen = 0
-    this.#idleTimer = setInterval(() => {
-      const s = this.#socket
-      if (!s) return
-      const seen = s.bytesRead + s.bytesWritten
-      if (seen !== this.#bytesSeen) {
-        this.#bytesSeen = seen
-        this.#lastActivityAt = Date.now()
-      }
-    }, IDLE_SAMPLE_MS).unref()
-  }
-
-  #stopIdleSampling(): void {
-    if (this.#idleTimer) clearInterval(this.#idleTimer)
-    this.#idleTimer = undefined
   }
 }
