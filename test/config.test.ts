@@ -66,3 +66,10 @@ t.test('the shipped config files are valid', async (t) => {
   const example = loadConfig({ file: join(DEFAULT_CONFIG_FILE, '..', 'example.jsonc'), env: {} }).config
   t.equal(example.topology.queues[0]?.name, 'orders.created', 'the annotated example parses, comments and all')
 })
+
+t.test('minimums are enforced (convict ignores min on its own nat format)', async (t) => {
+  t.throws(() => loadConfig({ file: file('m1.json', { amqp: { connectTimeoutMs: 0 } }), env: {} }), /connectTimeoutMs: must be at least 1/)
+  t.throws(() => loadConfig({ file: null, env: { AMQP_SIDECAR_PUBLISH_MAX_BUFFERED_MESSAGES: '0' } }), /maxBufferedMessages: must be at least 1/)
+  t.throws(() => loadConfig({ file: null, env: { AMQP_SIDECAR_PUBLISH_TIMEOUT_MS: '1.5' } }), /timeoutMs: must be an integer/)
+  t.equal(loadConfig({ file: null, env: { AMQP_SIDECAR_PUBLISH_TIMEOUT_MS: '2500' } }).config.publish.timeoutMs, 2500, 'env strings are coerced')
+})

@@ -45,6 +45,17 @@ const EXCHANGE_TYPES = ['direct', 'topic', 'fanout', 'headers', 'x-delayed-messa
 
 export function registerFormats(): void {
   convict.addFormats({
+    // convict's own 'nat' ignores `min`; this one enforces it (and `max`, when a key has one).
+    integer: {
+      validate(v: unknown, schemaObj: convict.SchemaObj) {
+        const schema = schemaObj as { min?: number; max?: number }
+        const min = schema.min ?? 0
+        if (typeof v !== 'number' || !Number.isInteger(v)) throw new Error('must be an integer')
+        if (v < min) throw new Error(`must be at least ${min}`)
+        if (schema.max !== undefined && v > schema.max) throw new Error(`must be at most ${schema.max}`)
+      },
+      coerce: (v: unknown) => (typeof v === 'string' && /^-?\d+$/.test(v.trim()) ? Number(v) : v),
+    },
     'amqp-url-list': {
       validate(v: unknown) {
         if (!Array.isArray(v) || v.length === 0) throw new Error('must be a non-empty list of amqp:// or amqps:// URLs')

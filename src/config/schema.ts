@@ -19,7 +19,7 @@ const ENV_OVERRIDES: Record<string, string> = {
 /** Keys that must never come from argv (they carry or point at secrets). */
 const NO_ARG = new Set(['amqp.urls'])
 
-const ms = (doc: string, def: number, min = 0) => ({ doc, format: 'nat', default: def, min })
+const ms = (doc: string, def: number, min = 0) => ({ doc, format: 'integer', default: def, min })
 
 export const schema = {
   amqp: {
@@ -34,16 +34,16 @@ export const schema = {
       format: 'nullable-string',
       default: null,
     },
-    heartbeatSeconds: { doc: 'AMQP heartbeat to negotiate, in seconds. 0 disables heartbeats (not advised behind any proxy).', format: 'nat', default: 15 },
+    heartbeatSeconds: { doc: 'AMQP heartbeat to negotiate, in seconds. 0 disables heartbeats (not advised behind any proxy).', format: 'integer', default: 15 },
     adaptiveHeartbeat: {
       enabled: {
         doc: 'When disconnects show a middlebox cutting idle flows after ~T s, ask for a heartbeat of T/2 s (not below floorSeconds) on the next connection.',
         format: Boolean,
         default: true,
       },
-      floorSeconds: { doc: 'The lowest heartbeat adaptation may choose.', format: 'nat', default: 2, min: 1 },
+      floorSeconds: { doc: 'The lowest heartbeat adaptation may choose.', format: 'integer', default: 2, min: 1 },
     },
-    keepAliveDelayMs: { doc: 'TCP keepalive idle delay on the broker socket.', format: 'nat', default: 15000 },
+    keepAliveDelayMs: { doc: 'TCP keepalive idle delay on the broker socket.', format: 'integer', default: 15000 },
     connectTimeoutMs: ms('Deadline for TCP connect plus the AMQP handshake.', 10000, 1),
     reconnect: {
       initialDelayMs: ms('Smallest reconnect backoff cap (full jitter).', 500, 1),
@@ -61,13 +61,13 @@ export const schema = {
     host: { doc: 'API listener address. Keep it on loopback.', format: String, default: '127.0.0.1' },
     port: { doc: 'API listener port (0 picks a free one).', format: 'port', default: 8672 },
     tokenFile: { doc: 'A file holding a bearer token the API requires. null: no token.', format: 'nullable-string', default: null },
-    bodyLimitBytes: { doc: 'Largest request body accepted.', format: 'nat', default: 4194304, min: 1 },
+    bodyLimitBytes: { doc: 'Largest request body accepted.', format: 'integer', default: 4194304, min: 1 },
     allowedHosts: {
       doc: 'Host header names (no port) the API answers besides loopback (127.0.0.1, localhost, [::1]). Any other Host is refused 403 HOST_NOT_ALLOWED (DNS rebinding). E.g. ["amqp-sidecar.local"].',
       format: 'host-list',
       default: [],
     },
-    maxHeaderBytes: { doc: 'Largest request head (request line plus headers) accepted; larger answers 431.', format: 'nat', default: 16384, min: 1024 },
+    maxHeaderBytes: { doc: 'Largest request head (request line plus headers) accepted; larger answers 431.', format: 'integer', default: 16384, min: 1024 },
     headersTimeoutMs: ms('Deadline for a client to send the complete request head, from connect (slowloris); answered 408.', 10000, 1),
     requestTimeoutMs: ms('Deadline for a client to send the complete request, head and body (slow uploads); answered 408. Waiting for the response does not count.', 60000, 1),
     keepAliveTimeoutMs: ms('How long an idle keep-alive connection is kept open between requests.', 65000, 1),
@@ -78,15 +78,15 @@ export const schema = {
   },
   publish: {
     timeoutMs: ms('Default per-request publish deadline (X-Timeout-Ms overrides).', 10000, 1),
-    maxBufferedMessages: { doc: 'Bound on queued plus unconfirmed messages.', format: 'nat', default: 10000 },
-    maxBufferedBytes: { doc: 'Bound on queued plus unconfirmed body bytes.', format: 'nat', default: 67108864 },
+    maxBufferedMessages: { doc: 'Bound on queued plus unconfirmed messages.', format: 'integer', default: 10000, min: 1 },
+    maxBufferedBytes: { doc: 'Bound on queued plus unconfirmed body bytes.', format: 'integer', default: 67108864, min: 1 },
     mandatory: { doc: 'Publish with mandatory=true by default (unroutable answers 422).', format: Boolean, default: true },
     persistent: { doc: 'Publish persistent messages by default.', format: Boolean, default: true },
     allowedExchanges: { doc: 'Exchanges apps may publish to. null: any.', format: 'nullable-name-list', default: null },
   },
   consume: {
     leaseMs: ms('How long an app may hold a delivery before it is requeued.', 60000, 1),
-    defaultPrefetch: { doc: 'Prefetch for subscriptions that give none.', format: 'nat', default: 10, min: 1 },
+    defaultPrefetch: { doc: 'Prefetch for subscriptions that give none.', format: 'integer', default: 10, min: 1 },
     allowedQueues: { doc: 'Queues apps may consume from. null: any.', format: 'nullable-name-list', default: null },
     push: { doc: 'HTTP push subscriptions.', format: 'push-list', default: [] },
     pullIdleMs: ms('Prefetched pull messages nobody pulls for this long are requeued and the pull consumer is cancelled.', 30000, 1),
