@@ -71,3 +71,12 @@ t.test('response schemas keep the documented error shape', async (t) => {
   // The status schema is open: nothing the code reports is stripped.
   t.ok('diagnosis' in status && 'buffer' in status && 'upstream' in status, 'status keeps its fields')
 })
+
+t.test('docs/api.md lists every code of the error registry with its status', async (t) => {
+  const { ERROR_CODES } = await import('../src/errors.js')
+  const { readFileSync } = await import('node:fs')
+  const api = readFileSync(new URL('../docs/api.md', import.meta.url), 'utf8')
+  for (const [code, { status }] of Object.entries(ERROR_CODES)) {
+    t.match(api, new RegExp(`\\| ${status} \\| [^\\n]*\`${code}\``), `${code} (${status}) is documented`)
+  }
+})
