@@ -8,6 +8,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs'
 import t, { type Test } from 'tap'
+import { ERROR_CODES } from '../src/errors.js'
 import { renderConfigReference } from '../src/docs/config-reference.js'
 import { renderMetricsReference } from '../src/docs/metrics-reference.js'
 import { renderOpenApi } from '../src/docs/openapi.js'
@@ -73,8 +74,6 @@ t.test('response schemas keep the documented error shape', async (t) => {
 })
 
 t.test('docs/api.md lists every code of the error registry with its status', async (t) => {
-  const { ERROR_CODES } = await import('../src/errors.js')
-  const { readFileSync } = await import('node:fs')
   const api = readFileSync(new URL('../docs/api.md', import.meta.url), 'utf8')
   for (const [code, { status }] of Object.entries(ERROR_CODES)) {
     t.match(api, new RegExp(`\\| ${status} \\| [^\\n]*\`${code}\``), `${code} (${status}) is documented`)
