@@ -40,6 +40,12 @@ export interface ChaosOptions {
   faults?: readonly FaultKind[]
   /** How long a non-instant fault stays on, ms [min, max]. */
   holdMs?: readonly [number, number]
+  /**
+   * Per-kind overrides of holdMs. By default a blackhole lasts 2-9 s: with the
+   * 2 s heartbeat, the shorter ones are stalls the link rides through and the
+   * longer ones end in a heartbeat timeout (about 2 heartbeats).
+   */
+  holdMsByKind?: Partial<Record<FaultKind, readonly [number, number]>>
   /** Clear period after the sidecar is connected again, ms [min, max]. */
   clearMs?: readonly [number, number]
   heartbeatSeconds?: number
@@ -95,6 +101,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     seed: Math.floor(Math.random() * 2 ** 31),
     faults: FAULT_KINDS,
     holdMs: [1500, 4500] as const,
+    holdMsByKind: { blackhole: [2000, 9000] } as Partial<Record<FaultKind, readonly [number, number]>>,
     clearMs: [1000, 3000] as const,
     heartbeatSeconds: 2,
     publishTimeoutMs: 5000,
@@ -134,7 +141,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     const sc = sidecar
     await waitReady(sc, 'the sidecar to connect at start')
     for (let i = 0; i < o.consumers; i++) consumers.push(new WsConsumer(sc.api, queue, o.prefetch, history))
-    await Promise.all(consumers.map((c) => c.subscribed))
+    await withDeadline(Promise.all(consumers.map((c) => c.subscribed)), READY_TIMEOUT_MS, 'the WebSocket consumers to subscribe')
 
     const until = Date.now() + o.seconds * 1000
     let current = 'none'
@@ -170,7 +177,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         injected[fault.kind] = (injected[fault.kind] ?? 0) + 1
         try {
           // The fault's length: real time on purpose (this is the fault, not a synchronisation).
-          if (!fault.instant) await delay(pick(o.holdMs, random))
+          if (!fault.instant) await delay(pick(o.holdMsByKind[fault.kind] ?? o.holdMs, random))
         } finally {
           current = `${fault.kind} (healing)`
           await fault.heal()
@@ -258,6 +265,18 @@ async function waitReady(sc: SidecarProcess, what: string): Promise<void> {
   )
 }
 
+async function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
+  })
+  try {
+    return await Promise.race([p, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 function pick([min, max]: readonly [number, number], random: () => number): number {
   return Math.round(min + random() * (max - min))
 }
@@ -308,6 +327,7 @@ class WsConsumer {
   #ws: WebSocket | undefined
   #closing = false
   #resolveSubscribed: () => void = () => {}
+  #rejectSubscribed: (err: Error) => void = () => {}
 
   constructor(
     private readonly api: string,
@@ -315,7 +335,11 @@ class WsConsumer {
     private readonly prefetch: number,
     private readonly history: History,
   ) {
-    this.subscribed = new Promise((resolve) => (this.#resolveSubscribed = resolve))
+    this.subscribed = new Promise((resolve, reject) => {
+      this.#resolveSubscribed = resolve
+      this.#rejectSubscribed = reject
+    })
+    this.subscribed.catch(() => {}) // observed by runChaos; never an unhandled rejection
     this.#open()
   }
 
@@ -342,6 +366,7 @@ class WsConsumer {
         case 'error': {
           const code = String(f['code'])
           this.errors[code] = (this.errors[code] ?? 0) + 1
+          if (f['id'] === 'sub') this.#rejectSubscribed(new Error(`subscribe failed: ${code} ${String(f['message'])}`))
           break
         }
       }

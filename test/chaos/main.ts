@@ -58,7 +58,7 @@ if (args.faults !== undefined) {
 }
 const seconds = positiveInt('seconds', args.seconds, 300) as number
 const log = (line: string) => process.stdout.write(`${line}\n`)
-log(`chaos: ${seconds} s of faults against a private broker; building blocks: fault proxy, sidecar process, HTTP publishers, WebSocket consumers`)
+log(`chaos: ${seconds} s of rotating faults; private broker <- fault proxy <- sidecar process <- HTTP publishers / WebSocket consumers`)
 try {
   const report = await runChaos({
     seconds,
