@@ -15,6 +15,7 @@ import { directAmqp } from './fixtures/amqp.js'
 import { checkH, checkLD, checkR, checkS, getStatus, metric, publishOnce, publishStream, readQueue, readyzStatus, type Outcome } from './fixtures/faults.js'
 import { startFaultProxy } from './fixtures/fault-proxy.js'
 import { startHaproxy } from './fixtures/haproxy.js'
+import { netnsAvailable, startNetnsPath } from './fixtures/netns-path.js'
 import { SHARED_BROKER_URL, startSidecar } from './fixtures/sidecar.js'
 import { waitFor, waitForEvent } from './fixtures/wait.js'
 
@@ -46,23 +47,38 @@ const ready = (what: string, timeoutMs = 30_000) =>
   waitFor(async () => (await readyzStatus(sc.ops)) === 200 && sc.sidecar.consumeUpstream.state === 'connected', { timeoutMs, what })
 await ready('the sidecar ready through the proxy')
 
-t.test('row 5: an RST mid-stream (proxy reset_peer) reconnects and is classified econnreset', async (t) => {
+t.test('row 5: an RST reconnects and is classified econnreset; mid-stream (proxy reset_peer) nothing confirmed is lost', async (t) => {
+  // `ss -K` destroys the proxy's end of the sidecar's publish connection: the kernel sends
+  // the sidecar a real RST, with no userspace relay in between.
+  const idleBefore = await getStatus(sc.api)
+  const localPort = Number(String((idleBefore.upstream as unknown as { localAddress: string }).localAddress).split(':').pop())
+  t.ok(Number.isInteger(localPort) && localPort > 0, `the publish connection's local port is known (${localPort})`)
+  const lostIdle = waitForEvent<[{ cause: string; idleMsBefore: number | null }]>(sc.sidecar.upstream, 'lost', { timeoutMs: 15_000, what: 'the RST from ss -K' })
+  spawnSync('ss', ['-K', `( sport = :${proxy.port} and dport = :${localPort} )`], { stdio: 'ignore', timeout: 10_000 })
+  const [idleRecord] = await lostIdle
+  t.equal(idleRecord.cause, 'econnreset', 'the RST is classified econnreset')
+  await waitFor(async () => (await getStatus(sc.api)).upstream.connects > idleBefore.upstream.connects && (await readyzStatus(sc.ops)) === 200, { timeoutMs: 20_000, what: 'the reconnect' })
+  t.ok((await metric(sc.ops, 'amqp_sidecar_upstream_disconnects_total', 'connection="publish",cause="econnreset"')) >= 1, 'counted in upstream_disconnects_total{cause="econnreset"}')
+  t.match((await getStatus(sc.api)).diagnosis, /last disconnect was econnreset/, 'the diagnosis names it')
+  t.ok(sc.logs.some((l) => l.includes('lost the broker connection') && l.includes('"cause":"econnreset"')), 'logged with its cause')
+
+  // Mid-stream: publishes in both directions while the RST lands.
   const before = (await getStatus(sc.api)).upstream.connects
   const stream = publishStream(target, { prefix: 'r5', deadlineMs: DEADLINE_MS })
   await stream.advance(20)
   const lost = waitForEvent<[{ cause: string; idleMsBefore: number | null }]>(sc.sidecar.upstream, 'lost', { timeoutMs: 15_000, what: 'the reset to be seen' })
   proxy.resetPeers('client')
   const [record] = await lost
-  t.equal(record.cause, 'econnreset', 'classified econnreset')
+  // Through the userspace proxy a reset has, in about one run in five, reached amqplib as a
+  // bare end of stream ("Unexpected close") rather than ECONNRESET; the cause was not
+  // pinned down (see docs/failure-modes.md). The handling is the same.
+  t.ok(['econnreset', 'epipe', 'unexpected-close'].includes(record.cause), `classified as a reset (${record.cause})`)
   t.ok(record.idleMsBefore !== null && record.idleMsBefore < 1_000, `the link was busy, not idle, when it was reset (${record.idleMsBefore} ms idle)`)
   const resetAt = Date.now()
   await waitFor(async () => (await getStatus(sc.api)).upstream.connects > before && (await readyzStatus(sc.ops)) === 200, { timeoutMs: 20_000, what: 'the reconnect' })
-  t.comment(`row 5: reconnected ${Date.now() - resetAt} ms after the RST`)
+  t.comment(`row 5: reconnected ${Date.now() - resetAt} ms after the RST (${record.cause})`)
   await stream.advance(20)
   const outcomes = await stream.stop()
-  t.ok((await metric(sc.ops, 'amqp_sidecar_upstream_disconnects_total', 'connection="publish",cause="econnreset"')) >= 1, 'counted in upstream_disconnects_total{cause="econnreset"}')
-  t.match((await getStatus(sc.api)).diagnosis, /last disconnect was econnreset/, 'the diagnosis names it')
-  t.ok(sc.logs.some((l) => l.includes('lost the broker connection') && l.includes('"cause":"econnreset"')), 'logged with its cause')
   checkH(t, outcomes)
   await checkLD(t, amqp, q, outcomes, { duplicateBound: 3 })
   await checkR(t, amqp, target)
@@ -72,8 +88,11 @@ t.test('row 6: a silent blackhole (proxy holds every byte) is detected by heartb
   const stream = publishStream(target, { prefix: 'r6', deadlineMs: DEADLINE_MS })
   await stream.advance(10)
   const lost = waitForEvent<[{ cause: string }]>(sc.sidecar.upstream, 'lost', { timeoutMs: 30_000, what: 'the blackhole to be noticed' })
+  // A real blackhole passes nothing, not even the broker's own close: RabbitMQ also misses
+  // our heartbeats and resets its side, which the proxy would otherwise relay at once.
+  proxy.setSlowClose(60_000)
   proxy.setBlackhole(true)
-  t.teardown(() => proxy.setBlackhole(false))
+  t.teardown(() => proxy.clear())
   const holeAt = Date.now()
   const [record] = await lost
   const detectMs = Date.now() - holeAt
@@ -83,7 +102,7 @@ t.test('row 6: a silent blackhole (proxy holds every byte) is detected by heartb
   // Reconnects into the hole time out at connectTimeoutMs: they must not hang either.
   await waitFor(async () => (await getStatus(sc.api)).upstream.lastConnectError !== null, { timeoutMs: 20_000, what: 'a connect attempt into the hole to fail' })
   await stream.advance(6)
-  proxy.setBlackhole(false)
+  await proxy.clear()
   await ready('ready after the blackhole cleared')
   t.comment(`row 6: ready ${Date.now() - holeAt} ms after the blackhole started`)
   const outcomes = await stream.stop()
@@ -92,6 +111,42 @@ t.test('row 6: a silent blackhole (proxy holds every byte) is detected by heartb
   await checkLD(t, amqp, q, outcomes, { duplicateBound: 3 })
   await checkR(t, amqp, target)
 })
+
+t.test(
+  'row 6 (keepalive): a true silent blackhole (veth down in a network namespace) with heartbeat 0 is noticed by TCP keepalive',
+  { skip: netnsAvailable() ?? false },
+  async (t) => {
+    // The proxy's blackhole above holds bytes in userspace, so the kernel still answers
+    // keepalive probes. Here the packets themselves vanish: only keepalive can notice an
+    // idle link, and only an idle one (unacked data is governed by TCP retransmission).
+    const path = await startNetnsPath(t, { upstreamPort: sharedPort, upstreamHost: shared.hostname })
+    const u = new URL(SHARED_BROKER_URL)
+    u.hostname = path.host
+    u.port = String(path.port)
+    const qk = amqp.name('faults-keepalive')
+    const ka = await startSidecar(t, {
+      amqp: { urls: [u.toString()], heartbeatSeconds: 0, adaptiveHeartbeat: { enabled: false }, keepAliveDelayMs: 1_000, connectTimeoutMs: 3_000, reconnect: { initialDelayMs: 100, maxDelayMs: 1_000 } },
+      topology: { queues: [{ name: qk, durable: false }] },
+    })
+    const kaTarget = { api: ka.api, exchange: '', routingKey: qk, queue: qk }
+    await waitFor(async () => (await readyzStatus(ka.ops)) === 200, { timeoutMs: 30_000, what: 'the sidecar ready through the namespace' })
+    const before = await publishOnce(kaTarget, 'r6k-before', { deadlineMs: 5_000 })
+    t.equal(before.status, 200)
+    const lost = waitForEvent<[{ cause: string }]>(ka.sidecar.upstream, 'lost', { timeoutMs: 60_000, what: 'keepalive to notice the dead idle link' })
+    path.down()
+    const downAt = Date.now()
+    const [record] = await lost
+    const detectMs = Date.now() - downAt
+    t.comment(`row 6 (keepalive): heartbeat 0, keepAliveDelayMs 1000: dead link noticed after ${detectMs} ms (${record.cause})`)
+    t.equal(record.cause, 'etimedout', 'classified etimedout (keepalive probes unanswered)')
+    path.up()
+    await waitFor(async () => (await readyzStatus(ka.ops)) === 200, { timeoutMs: 30_000, what: 'ready after the link came back' })
+    const outcomes = [before]
+    checkH(t, outcomes)
+    await checkLD(t, amqp, qk, outcomes)
+    await checkR(t, amqp, kaTarget)
+  },
+)
 
 t.test('row 20: a slow, sliced link (200 ms latency, 1-7 byte slices, 10 KB/s) causes no false heartbeat timeouts and no corruption', async (t) => {
   await ready('ready before the slow link')
