@@ -104,16 +104,16 @@ t.test('row 13: a delivery held past its lease is requeued; a late ack answers 4
   const pubs: Outcome[] = []
   for (const id of ['r13-a', 'r13-b']) pubs.push(await publishOnce(to(q13), id, { deadlineMs: 5_000 }))
   t.same(pubs.map((o) => o.status), [200, 200])
-  // Pull both with a short lease; keep one, let the other expire.
-  const first: Delivered[] = []
-  await waitFor(async () => {
-    const r = await post(`/v1/queues/${q13}/pull?max=10&waitMs=2000&leaseMs=500`)
-    if (r.status === 200) first.push(...(r.body as Delivered[]))
-    return first.length >= 2
-  }, { timeoutMs: 10_000, what: 'both pulled' })
-  const expired = first.find((m) => m.properties.messageId === 'r13-a') as Delivered
-  const kept = first.find((m) => m.properties.messageId === 'r13-b') as Delivered
-  // Ack "kept" at once with a long lease renewal not available: ack it now, before its lease ends.
+  // Pull one with a short lease (it will expire) and one with a long lease (acked in time).
+  const pullOne = (leaseMs: number, what: string) =>
+    waitFor(async () => {
+      const r = await post(`/v1/queues/${q13}/pull?max=1&waitMs=2000&leaseMs=${leaseMs}`)
+      return r.status === 200 ? (r.body as Delivered[])[0] : undefined
+    }, { timeoutMs: 10_000, what })
+  const expired = await pullOne(500, 'the first delivery')
+  t.equal(expired.properties.messageId, 'r13-a', 'first in, first out')
+  const kept = await pullOne(60_000, 'the second delivery')
+  t.equal(kept.properties.messageId, 'r13-b')
   t.same((await post('/v1/ack', { deliveryId: kept.deliveryId })).status, 200, 'acked within its lease')
   // "expired" comes back, redelivered.
   const again = await waitFor(async () => {
