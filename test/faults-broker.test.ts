@@ -45,7 +45,7 @@ t.test('row 1: CONNECTION_FORCED (320) reconnects, re-declares the topology and 
   // Deleted behind the sidecar's back: only a re-declare on reconnect brings it back.
   await (await amqp.channel()).deleteQueue(qRedeclare)
 
-  const stream = publishStream(target, { prefix: 'r1', deadlineMs: DEADLINE_MS })
+  const stream = publishStream(t, target, { prefix: 'r1', deadlineMs: DEADLINE_MS })
   await stream.advance(10)
   const mark = ws.frames.length
   await broker.closeAllConnections('fault matrix row 1')
@@ -76,7 +76,7 @@ t.test('row 1: CONNECTION_FORCED (320) reconnects, re-declares the topology and 
 })
 
 t.test('row 2: broker restart (stop_app / start_app) backs off on ECONNREFUSED without a hot loop', async (t) => {
-  const stream = publishStream(target, { prefix: 'r2', deadlineMs: DEADLINE_MS })
+  const stream = publishStream(t, target, { prefix: 'r2', deadlineMs: DEADLINE_MS })
   await stream.advance(5)
   const failuresBefore = await metric(sc.ops, 'amqp_sidecar_upstream_connect_failures_total', 'connection="publish",cause="econnrefused"')
   await broker.stopApp()
@@ -116,7 +116,7 @@ t.test('row 2: broker restart (stop_app / start_app) backs off on ECONNREFUSED w
 })
 
 t.test('row 4: a frozen broker (SIGSTOP) is detected by heartbeat; pending publishes end by their deadline', async (t) => {
-  const stream = publishStream(target, { prefix: 'r4', deadlineMs: DEADLINE_MS })
+  const stream = publishStream(t, target, { prefix: 'r4', deadlineMs: DEADLINE_MS })
   await stream.advance(10)
   const lost = waitForEvent<[{ cause: string }]>(sc.sidecar.upstream, 'lost', { timeoutMs: 30_000, what: 'the frozen broker to be noticed' })
   broker.freeze()
@@ -151,8 +151,8 @@ t.test('rows 3 + 21: broker crash (kill -9) — unconfirmed publishes answer 504
     what: 'the failover sidecar on node A',
   })
   const foTarget = { api: fo.api, exchange: '', routingKey: qF, queue: qF }
-  const stream = publishStream(target, { prefix: 'r3', deadlineMs: DEADLINE_MS })
-  const foStream = publishStream(foTarget, { prefix: 'r21', deadlineMs: DEADLINE_MS })
+  const stream = publishStream(t, target, { prefix: 'r3', deadlineMs: DEADLINE_MS })
+  const foStream = publishStream(t, foTarget, { prefix: 'r21', deadlineMs: DEADLINE_MS })
   await stream.advance(10)
   await foStream.advance(10)
 

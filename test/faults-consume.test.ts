@@ -65,7 +65,7 @@ t.test('row 12: consumer cancelled (queue deleted) — basic.cancel handled, que
     if (f.op === 'status' && f['subscription'] === 'active') activeAt = Math.min(activeAt, Date.now())
   })
 
-  const stream = publishStream(to(q12), { prefix: 'r12', workers: 2, deadlineMs: 2_000 })
+  const stream = publishStream(t, to(q12), { prefix: 'r12', workers: 2, deadlineMs: 2_000 })
   await stream.advance(10)
   await (await amqp.channel()).deleteQueue(q12) // what `rabbitmqctl delete_queue` does
   await waitFor(() => seen.some((f) => f.op === 'status' && f['subscription'] === 'cancelled'), { timeoutMs: 10_000, what: 'the app told about the cancel' })

@@ -64,7 +64,7 @@ t.test('row 5: an RST reconnects and is classified econnreset; mid-stream (proxy
 
   // Mid-stream: publishes in both directions while the RST lands.
   const before = (await getStatus(sc.api)).upstream.connects
-  const stream = publishStream(target, { prefix: 'r5', deadlineMs: DEADLINE_MS })
+  const stream = publishStream(t, target, { prefix: 'r5', deadlineMs: DEADLINE_MS })
   await stream.advance(20)
   const lost = waitForEvent<[{ cause: string; idleMsBefore: number | null }]>(sc.sidecar.upstream, 'lost', { timeoutMs: 15_000, what: 'the reset to be seen' })
   proxy.resetPeers('client')
@@ -85,7 +85,7 @@ t.test('row 5: an RST reconnects and is classified econnreset; mid-stream (proxy
 })
 
 t.test('row 6: a silent blackhole (proxy holds every byte) is detected by heartbeat', async (t) => {
-  const stream = publishStream(target, { prefix: 'r6', deadlineMs: DEADLINE_MS })
+  const stream = publishStream(t, target, { prefix: 'r6', deadlineMs: DEADLINE_MS })
   await stream.advance(10)
   const lost = waitForEvent<[{ cause: string }]>(sc.sidecar.upstream, 'lost', { timeoutMs: 30_000, what: 'the blackhole to be noticed' })
   // A real blackhole passes nothing, not even the broker's own close: RabbitMQ also misses

@@ -38,7 +38,7 @@ t.test('row 16: sidecar crash (kill -9) under load — confirmed publishes kept,
   ws.send({ op: 'subscribe', queue: qc, prefetch: 5 })
   await ws.count('message', 5)
   const target = { api: sc.api, exchange: '', routingKey: q, queue: q }
-  const stream = publishStream(target, { prefix: 'r16', deadlineMs: 2_000 })
+  const stream = publishStream(t, target, { prefix: 'r16', deadlineMs: 2_000 })
   await stream.advance(30)
 
   sc.child.kill('SIGKILL')
@@ -127,7 +127,7 @@ t.test('row 18: graceful shutdown (SIGTERM) under load — drains, closes cleanl
   ws.send({ op: 'subscribe', queue: qc, prefetch: 3 })
   await ws.count('message', 3)
   const target = { api: sc.api, exchange: '', routingKey: q, queue: q }
-  const stream = publishStream(target, { prefix: 'r18', deadlineMs: 3_000 })
+  const stream = publishStream(t, target, { prefix: 'r18', deadlineMs: 3_000 })
   await stream.advance(30)
 
   const termAt = Date.now()

@@ -44,7 +44,7 @@ await ready('the sidecar ready')
 
 async function alarmRow(t: Test, kind: 'memory' | 'disk'): Promise<void> {
   const setAlarm = (on: boolean) => (kind === 'memory' ? broker.setMemoryAlarm(on) : broker.setDiskAlarm(on))
-  const stream = publishStream(target, { prefix: `alarm-${kind}`, deadlineMs: DEADLINE_MS })
+  const stream = publishStream(t, target, { prefix: `alarm-${kind}`, deadlineMs: DEADLINE_MS })
   await stream.advance(10)
   await setAlarm(true)
   t.teardown(() => setAlarm(false))
@@ -96,7 +96,7 @@ t.test('row 10: disk alarm — as row 9', (t) => alarmRow(t, 'disk'))
 
 t.test('row 14: an unroutable publish answers 422 UNROUTABLE, never 200', async (t) => {
   const outcomes: Outcome[] = []
-  const good = publishStream(target, { prefix: 'r14-good', workers: 2, deadlineMs: DEADLINE_MS })
+  const good = publishStream(t, target, { prefix: 'r14-good', workers: 2, deadlineMs: DEADLINE_MS })
   for (let i = 0; i < 10; i++) outcomes.push(await publishOnce({ api: sc.api, exchange: unbound, routingKey: 'x' }, `r14-${i}`, { deadlineMs: DEADLINE_MS }))
   const goodOutcomes = await good.stop()
   t.same([...new Set(outcomes.map((o) => `${o.status} ${o.code}`))], ['422 UNROUTABLE'], 'every unroutable publish answered 422 UNROUTABLE')
@@ -109,7 +109,7 @@ t.test('row 14: an unroutable publish answers 422 UNROUTABLE, never 200', async 
 
 t.test('row 15: a missing exchange answers 404 for that request only; other publishes are unaffected', async (t) => {
   const before = await getStatus(sc.api)
-  const good = publishStream(target, { prefix: 'r15-good', workers: 3, deadlineMs: DEADLINE_MS })
+  const good = publishStream(t, target, { prefix: 'r15-good', workers: 3, deadlineMs: DEADLINE_MS })
   await good.advance(5)
   const bad: Outcome[] = []
   for (let i = 0; i < 10; i++) {
@@ -139,7 +139,7 @@ t.test('row 15 (edge): an exchange deleted while the sidecar still trusts it —
   const warm = await publishOnce({ api: sc.api, exchange: ex, routingKey: '' }, 'r15e-warm', { deadlineMs: DEADLINE_MS })
   t.equal(warm.status, 200, 'the exchange works and is now cached')
   await (await amqp.channel()).deleteExchange(ex)
-  const good = publishStream(target, { prefix: 'r15e-good', workers: 3, deadlineMs: DEADLINE_MS })
+  const good = publishStream(t, target, { prefix: 'r15e-good', workers: 3, deadlineMs: DEADLINE_MS })
   await good.advance(5)
   const doomed = await publishOnce({ api: sc.api, exchange: ex, routingKey: '' }, 'r15e-doomed', { deadlineMs: DEADLINE_MS })
   await good.advance(10)
@@ -156,7 +156,7 @@ t.test('row 15 (edge): an exchange deleted while the sidecar still trusts it —
 })
 
 t.test('row 11: ACCESS_REFUSED (password changed, connection forced) — slow retry, readiness 503, clear error, recovers when restored', async (t) => {
-  const stream = publishStream(target, { prefix: 'r11', deadlineMs: DEADLINE_MS })
+  const stream = publishStream(t, target, { prefix: 'r11', deadlineMs: DEADLINE_MS })
   await stream.advance(5)
   const failuresBefore = await metric(sc.ops, 'amqp_sidecar_upstream_connect_failures_total', 'connection="publish",cause="access-refused"')
   await broker.changePassword('app', `rotated-${randomBytes(8).toString('hex')}`)
