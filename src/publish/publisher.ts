@@ -23,7 +23,7 @@ import { SidecarError } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
-import { channelErrorCode } from '../upstream/classify.js'
+import { channelErrorCode, missingExchangeOf } from '../upstream/classify.js'
 import type { PublishBuffer } from './buffer.js'
 import { coalesceWrites } from './coalesce.js'
 import { ExchangeRegistry } from './exchanges.js'
@@ -65,6 +65,8 @@ interface ChannelSlot {
   open: boolean
   /** False after amqplib's publish() said its write buffer is full, until 'drain'. */
   hasRoom: boolean
+  /** The broker's reason, when it closed this channel ('error' comes before 'close'). */
+  closeError: unknown
   written: Set<Entry>
 }
 
@@ -174,12 +176,13 @@ export class Publisher {
       return
     }
     if (!coalesceWrites(connection)) this.log.debug('amqplib internals differ from the known version: publishes are written one socket write each')
-    const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, written: new Set() }
+    const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, closeError: undefined, written: new Set() }
     // Prepended so it runs before amqplib's own close handler fails the confirm
     // callbacks: the entries are settled as "unknown" first, and those callbacks
     // find them done instead of mistaking a lost channel for a nack.
     channel.prependListener('close', () => this.#onChannelClose(slot))
     channel.on('error', (err: unknown) => {
+      slot.closeError = err
       if (channelErrorCode(err) === 404) this.#exchanges.clear()
       this.log.warn({ err: (err as Error).message, code: channelErrorCode(err) }, 'the broker closed the publish channel')
     })
@@ -199,19 +202,31 @@ export class Publisher {
   #onChannelClose(slot: ChannelSlot): void {
     slot.open = false
     if (this.#slot === slot) this.#slot = undefined
+    // Write order (a Set iterates in insertion order).
+    const written = [...slot.written]
+    slot.written.clear()
+    // A 404 names the missing exchange (deleted while we still trusted it). The
+    // broker processed everything before the first message to it (outcome
+    // unknown: routed, confirm lost), refused that one, and discarded every
+    // frame after it until close-ok: those were never published, so they are
+    // sent again on the next channel instead of being answered 504.
+    const missing = missingExchangeOf(slot.closeError)
+    const culprit = missing === undefined ? -1 : written.findIndex((e) => e.msg.exchange === missing)
     const resend: Entry[] = []
-    for (const entry of slot.written) {
-      slot.written.delete(entry)
-      if (entry.mode === 'accepted') {
-        // Already answered 202: the sidecar owns it, so send it again (at-least-once).
+    written.forEach((entry, i) => {
+      entry.channel = undefined
+      if (i === culprit) {
+        this.#finish(entry, new SidecarError('EXCHANGE_NOT_FOUND', `The broker has no exchange "${entry.msg.exchange}"`, { messageId: entry.msg.options.messageId }), 'rejected')
+      } else if ((culprit >= 0 && i > culprit) || entry.mode === 'accepted') {
+        // Not published (discarded after the refusal), or already answered 202 and
+        // owned by the sidecar: send it again (at-least-once).
         entry.state = 'queued'
         entry.returned = false
-        entry.channel = undefined
         resend.push(entry)
       } else {
-        this.#finish(entry, this.#unknown(entry, 'The connection to the broker was lost after the message was sent'), 'unknown')
+        this.#finish(entry, this.#unknown(entry, 'The channel to the broker closed after the message was sent'), 'unknown')
       }
-    }
+    })
     this.#queue.unshift(...resend)
     // The connection is still up (a channel-level error): reopen the channel.
     const conn = this.upstream.connection

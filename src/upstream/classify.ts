@@ -81,3 +81,13 @@ export function channelErrorCode(err: unknown): number | undefined {
   const code = (err as { code?: unknown } | null)?.code
   return typeof code === 'number' ? code : undefined
 }
+
+/**
+ * The exchange a 404 channel close names ("NOT_FOUND - no exchange 'x' in
+ * vhost '/'"), so the publisher can tell which message the broker refused.
+ */
+export function missingExchangeOf(err: unknown): string | undefined {
+  if (channelErrorCode(err) !== 404) return undefined
+  const m = /no exchange '([^']*)' in vhost/.exec(String((err as { message?: unknown } | null)?.message ?? ''))
+  return m?.[1]
+}
