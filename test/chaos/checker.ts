@@ -210,7 +210,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     } finally {
       await direct.close().catch(() => {})
     }
-    const status = (await (await fetch(`${sc.api}/v1/status`)).json().catch(() => ({}))) as Record<string, { disconnectsByCause?: Record<string, number> } | undefined>
+    const status = (await fetch(`${sc.api}/v1/status`).then((r) => r.json()).catch(() => ({}))) as Record<string, { disconnectsByCause?: Record<string, number> } | undefined>
     await Promise.all(consumers.map((c) => c.close()))
     const how = await sc.stop()
     o.onProgress(`sidecar stopped (${how}); draining ${queue} directly`)
