@@ -31,6 +31,7 @@ t.test('the model flags lost, unexpected, duplicated and recovered messages', as
   t.match(r, { attempted: 5, confirmed: 2, unknown: 2, rejected: 1, lost: 1, unexpected: 2, duplicated: 1, duplicateDeliveries: 1, recovered: 1, rejectedButRead: 1, ok: false })
   t.same(r.examples.lost, ['b'])
   t.same(r.outcomesByDetail, { '504': 1, timeout: 1, '400': 1 })
+  t.same(r.recoveredByDetail, { '504': 1 })
   const clean = new History()
   clean.attempt('p0-0')
   clean.settle('p0-0', 200)

@@ -439,7 +439,7 @@ export function formatReport(r: ChaosReport): string {
     ['lost', r.lost],
     ['unexpected', r.unexpected],
     ['duplicated (ids)', `${r.duplicated} (${r.duplicateDeliveries} extra deliveries)`],
-    ['recovered (unknown, read)', r.recovered],
+    ['recovered (unknown, read)', `${r.recovered} ${JSON.stringify(r.recoveredByDetail)}`],
     ['rejected but read', r.rejectedButRead],
     ['corrupted', r.corrupted],
     ['read (distinct ids)', `${r.read} (consumers ${r.readByConsumers} deliveries, direct drain ${r.readByDrain})`],

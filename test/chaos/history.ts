@@ -47,6 +47,8 @@ export interface CheckResult {
   readByDrain: number
   /** Unknown and rejected outcomes by status/cause, e.g. {"504": 12, "timeout": 1}. */
   outcomesByDetail: Record<string, number>
+  /** The recovered ones by the answer they got. */
+  recoveredByDetail: Record<string, number>
   /** Up to 20 examples of each violation, for the report. */
   examples: { lost: string[]; unexpected: string[]; rejectedButRead: string[]; corrupted: string[] }
   ok: boolean
@@ -113,6 +115,7 @@ export class History {
       readByConsumers: this.#readByConsumers,
       readByDrain: this.#readByDrain,
       outcomesByDetail: {},
+      recoveredByDetail: {},
       examples: { lost: [], unexpected: [], rejectedButRead: [], corrupted: this.#corrupted.slice(0, EXAMPLES) },
       ok: false,
     }
@@ -138,7 +141,10 @@ export class History {
         case 'unknown':
         case 'pending': // never answered before the run ended: as unknown as it gets
           r.unknown++
-          if (reads > 0) r.recovered++
+          if (reads > 0) {
+            r.recovered++
+            r.recoveredByDetail[a.detail || 'no answer'] = (r.recoveredByDetail[a.detail || 'no answer'] ?? 0) + 1
+          }
           break
       }
     }
