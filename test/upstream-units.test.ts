@@ -68,6 +68,16 @@ t.test('diagnosis names the middlebox timeout and the heartbeat', async (t) => {
   })
   t.match(text, /middlebox closes idle flows after ~5 s/)
   t.match(text, /heartbeat is 0 s/)
+  const adapted = diagnose({
+    state: 'connected',
+    heartbeatSeconds: 2,
+    lastDisconnect: cut(5000),
+    lastConnectError: null,
+    blockedReason: null,
+    topologyError: null,
+    idlePattern: { idleTimeoutSeconds: 5, events: 3 },
+  })
+  t.match(adapted, /the heartbeat is now 2 s, which keeps the link busy/, 'after adaptation it says the link is kept busy')
   const refused = diagnose({ state: 'reconnecting', heartbeatSeconds: 15, lastDisconnect: null, lastConnectError: cut(0, 'access-refused'), blockedReason: null, topologyError: null, idlePattern: null })
   t.match(refused, /ACCESS_REFUSED/)
 })

@@ -61,6 +61,10 @@ export function diagnose(input: {
   if (input.state === 'blocked') return `The broker blocked publishing (${input.blockedReason ?? 'resource alarm'}): a memory or disk alarm. Publishes answer 503 UPSTREAM_BLOCKED until it clears.`
   if (input.idlePattern) {
     const p = input.idlePattern
+    // Adapted (or configured) below the timeout: the cuts were seen, and the link is now kept busy.
+    if (input.heartbeatSeconds > 0 && input.heartbeatSeconds < p.idleTimeoutSeconds && input.state === 'connected') {
+      return `A middlebox closes idle flows after ~${p.idleTimeoutSeconds} s (${p.events} disconnects after about that much idle time); the heartbeat is now ${input.heartbeatSeconds} s, which keeps the link busy. Raise the proxy's idle timeout or keep amqp.heartbeatSeconds below it.`
+    }
     return `A middlebox closes idle flows after ~${p.idleTimeoutSeconds} s (${p.events} disconnects after about that much idle time); heartbeat is ${input.heartbeatSeconds} s. Keep the heartbeat below ${p.idleTimeoutSeconds} s, or raise the proxy's idle timeout.`
   }
   if (input.state === 'connecting' || input.state === 'reconnecting') {

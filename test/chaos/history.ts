@@ -6,8 +6,10 @@
  *
  * Outcomes of a publish through the HTTP API:
  *   200                  -> confirmed: it MUST be read (else "lost")
- *   4xx                  -> rejected: not published; it must NOT be read
- *   5xx, timeout, error  -> unknown: may or may not be read ("recovered" if read)
+ *   4xx, 503             -> rejected: not published; it must NOT be read (the
+ *                           sidecar answers 503 only for messages it never sent:
+ *                           BUFFER_FULL, UPSTREAM_BLOCKED, SHUTTING_DOWN)
+ *   other 5xx, timeout   -> unknown: may or may not be read ("recovered" if read)
  * A read of an id never attempted is "unexpected". Lost and unexpected must be 0.
  */
 
@@ -23,9 +25,9 @@ interface Attempt {
 export interface CheckResult {
   attempted: number
   confirmed: number
-  /** 4xx: not published. */
+  /** 4xx and 503: not published. */
   rejected: number
-  /** 5xx, timeouts, transport errors. */
+  /** 502, 504, timeouts, transport errors. */
   unknown: number
   /** Confirmed but never read. Must be 0. */
   lost: number
@@ -37,7 +39,7 @@ export interface CheckResult {
   duplicateDeliveries: number
   /** Unknown outcome, and read after all. */
   recovered: number
-  /** Answered 4xx (not published) yet read. Must be 0. */
+  /** Answered 4xx or 503 (not published) yet read. Must be 0. */
   rejectedButRead: number
   /** Read with a body other than its id (corruption). Must be 0. */
   corrupted: number
@@ -76,7 +78,8 @@ export class History {
   settle(id: string, answer: number | string): void {
     const a = this.#attempts.get(id)
     if (!a || a.outcome !== 'pending') throw new Error(`settling ${id}, which is not pending`)
-    const outcome: Outcome = answer === 200 ? 'confirmed' : typeof answer === 'number' && answer >= 400 && answer < 500 ? 'rejected' : 'unknown'
+    const notSent = typeof answer === 'number' && ((answer >= 400 && answer < 500) || answer === 503)
+    const outcome: Outcome = answer === 200 ? 'confirmed' : notSent ? 'rejected' : 'unknown'
     a.outcome = outcome
     a.detail = String(answer)
     this.counts.pending--
