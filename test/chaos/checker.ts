@@ -435,7 +435,7 @@ export function formatReport(r: ChaosReport): string {
     ['attempted', r.attempted],
     ['confirmed (200)', r.confirmed],
     ['unknown (5xx/timeout)', r.unknown],
-    ['rejected (4xx)', r.rejected],
+    ['rejected (4xx, 503)', r.rejected],
     ['lost', r.lost],
     ['unexpected', r.unexpected],
     ['duplicated (ids)', `${r.duplicated} (${r.duplicateDeliveries} extra deliveries)`],
