@@ -75,7 +75,8 @@ t.test('amqp.urlFile rotation against a private broker', async (t) => {
     return u.state === 'connected' ? u : undefined
   }, { timeoutMs: TIMEOUT_MS, what: 'a reconnect with the rotated password' })
   t.ok(after.connects > first.connects, `reconnected without a restart (connects ${first.connects} -> ${after.connects})`)
-  t.equal((await fetch(`${s.ops}/readyz`)).status, 200)
+  // Readiness needs both connections; the consume one retries on its own backoff.
+  t.ok(await waitFor(async () => (await fetch(`${s.ops}/readyz`)).status === 200, { timeoutMs: TIMEOUT_MS, what: 'ready with the rotated password' }))
   const pub = await fetch(`${s.api}/v1/publish/amq.fanout/k`, { method: 'POST', headers: { 'x-mandatory': 'false' }, body: 'after rotation' })
   t.equal(pub.status, 200, 'publishing works with the rotated credentials')
 

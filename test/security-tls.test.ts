@@ -54,7 +54,8 @@ t.test('the right CA and a client certificate connect over amqps', async (t) => 
   const s = await startSidecar(t, { amqp: { urls: [tlsUrl], tls: { caFile: pki.caFile, ...clientCert } } })
   const up = await connected(s)
   t.match(up.url, /^amqps:\/\/guest:\*\*\*@127\.0\.0\.1:\d+\//)
-  t.equal((await fetch(`${s.ops}/readyz`)).status, 200, 'ready over TLS')
+  // Readiness needs both connections (publish and consume); the second may follow a moment later.
+  t.ok(await waitFor(async () => (await fetch(`${s.ops}/readyz`)).status === 200, { timeoutMs: 20_000, what: 'ready over TLS' }), 'ready over TLS')
   const res = await fetch(`${s.api}/v1/publish/amq.fanout/k`, { method: 'POST', headers: { 'x-mandatory': 'false' }, body: 'over tls' })
   t.equal(res.status, 200, 'a publish is confirmed over TLS')
 })
