@@ -25,7 +25,6 @@ import type { Metrics, PublishOutcome } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
 import { channelErrorCode, missingExchangeOf } from '../upstream/classify.js'
 import type { PublishBuffer } from './buffer.js'
-import { coalesceWrites } from './coalesce.js'
 import { ExchangeRegistry } from './exchanges.js'
 
 export interface OutgoingMessage {
@@ -175,7 +174,6 @@ export class Publisher {
       this.log.warn({ err: (err as Error).message }, 'could not open the publish channel')
       return
     }
-    if (!coalesceWrites(connection)) this.log.debug('amqplib internals differ from the known version: publishes are written one socket write each')
     const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, closeError: undefined, written: new Set() }
     // Prepended so it runs before amqplib's own close handler fails the confirm
     // callbacks: the entries are settled as "unknown" first, and those callbacks

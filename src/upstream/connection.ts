@@ -15,6 +15,7 @@ import { TIMED_OUT, withDeadline } from '../deadline.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics } from '../observe/metrics.js'
 import { redactUrl, type SecretRegistry } from '../observe/redact.js'
+import { coalesceWrites } from './coalesce.js'
 import { brokerUrls, socketOptions } from './endpoints.js'
 import { IdleMeter } from './idle-meter.js'
 import { Backoff } from './backoff.js'
@@ -213,6 +214,8 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.log.info({ url: this.#currentUrl && redactUrl(this.#currentUrl), heartbeatSeconds: hb, connects: this.#connects }, 'connected to the broker')
     // Connection-level errors are followed by 'close', which ACM turns into 'disconnect'.
     connection.on('error', () => {})
+    // Publishes and acks alike: one socket write per amqplib muxer pass (see coalesce.ts).
+    if (!coalesceWrites(connection)) this.log.debug('amqplib internals differ from the known version: frames are written one socket write each')
     try {
       await declareTopology(connection, this.config.topology)
       this.#topologyError = null

@@ -5,7 +5,7 @@
  * loop (once per setImmediate), calling socket.write() for every message.
  * With noDelay on, each write is a syscall and, on loopback, the kernel does
  * the receiver's TCP work inside it: at a few thousand messages a second this
- * was a third of the sidecar's CPU (profile in docs/benchmarks.md). Corking
+ * was a third of the sidecar's CPU (profile in docs/benchmarks.md); the consume connection's acks gain the same way. Corking
  * the socket for the duration of one muxer pass turns the pass into a single
  * writev. Nothing is delayed: the pass uncorks before it returns, so every
  * frame leaves in the same tick it would have left anyway, in the same order.
