@@ -63,7 +63,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
   const publisher = new Publisher(upstream, buffer, metrics, log)
   // Consumers get their own connection: a memory alarm blocks the publishing one, and must not block acks.
   const consumeUpstream = new Upstream('consume', config, log, metrics, secrets)
-  const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics })
+  const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics, secrets })
 
   let state: SidecarState = 'created'
   let api: FastifyInstance | undefined

@@ -15,6 +15,7 @@ import { SidecarError } from '../errors.js'
 import { assertQueueAllowed } from './allow.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics } from '../observe/metrics.js'
+import type { SecretRegistry } from '../observe/redact.js'
 import type { Upstream, UpstreamState } from '../upstream/connection.js'
 import { LeaseTable, type SettleResult } from './leases.js'
 import { PullQueue, type PullRequest } from './pull.js'
@@ -44,6 +45,8 @@ export interface ConsumersDeps {
   upstream: Upstream
   log: Logger
   metrics: Metrics
+  /** Push tokens are registered here, so no log line can carry one. */
+  secrets: SecretRegistry
 }
 
 export type SettleAction = { kind: 'ack' } | { kind: 'nack'; requeue: boolean }
@@ -83,7 +86,7 @@ export class Consumers {
     // A push subscription to a queue outside the allow-list is a config error: refuse to start.
     for (const p of this.deps.config.consume.push) assertQueueAllowed(p.queue, this.deps.config.consume.allowedQueues)
     for (const p of this.deps.config.consume.push) {
-      const worker = new PushWorker(p, this, this.deps.config, this.deps.log, this.deps.metrics)
+      const worker = new PushWorker(p, this, this.deps.config, this.deps.log, this.deps.metrics, this.deps.secrets)
       this.#push.push(worker)
       worker.start()
     }

@@ -18,6 +18,7 @@ import type { SidecarConfig } from '../config/index.js'
 import type { PushSubscription } from '../config/types.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics } from '../observe/metrics.js'
+import type { SecretRegistry } from '../observe/redact.js'
 import { Backoff } from '../upstream/backoff.js'
 import type { Consumers } from './consumers.js'
 import { headerText } from './delivery.js'
@@ -67,6 +68,7 @@ export class PushWorker {
     private readonly config: SidecarConfig,
     log: Logger,
     private readonly metrics: Metrics,
+    private readonly secrets: SecretRegistry,
   ) {
     this.spec = withDefaults(spec)
     this.#log = log.child({ push: this.spec.queue })
@@ -224,6 +226,7 @@ export class PushWorker {
     let value: string | null = this.#token?.value ?? null
     try {
       value = readFileSync(file, 'utf8').trim() || null
+      if (value) this.secrets.add(value)
     } catch (err) {
       this.#log.error({ err: (err as Error).message }, 'could not read the push token file; keeping the previous token')
     }
