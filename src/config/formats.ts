@@ -4,6 +4,7 @@
  * names what is wrong, because convict prefixes it with the key.
  */
 import convict from 'convict'
+import { PUSH_MAXIMA } from './consume-rules.js'
 
 const NAME_RE = /^[A-Za-z0-9\-_.:]*$/
 /** A DNS name or IPv4 address, or an IPv6 address in brackets; never a port. */
@@ -142,13 +143,15 @@ export function registerFormats(): void {
           assertName(`${w}.queue`, p.queue)
           if (typeof p.url !== 'string' || !/^https?:\/\//.test(p.url)) throw new Error(`${w}.url: must be an http:// or https:// URL`)
           for (const k of ['concurrency', 'timeoutMs'] as const) {
-            if (p[k] !== undefined && (!Number.isInteger(p[k]) || (p[k] as number) < 1)) throw new Error(`${w}.${k}: must be a positive integer`)
+            if (p[k] !== undefined && (!Number.isInteger(p[k]) || (p[k] as number) < 1 || (p[k] as number) > PUSH_MAXIMA[k])) throw new Error(`${w}.${k}: must be an integer from 1 to ${PUSH_MAXIMA[k]}`)
           }
           if (p.retry !== undefined) {
             if (!isObject(p.retry)) throw new Error(`${w}.retry: must be an object`)
             assertKeys(`${w}.retry`, p.retry, ['maxAttempts', 'initialDelayMs', 'maxDelayMs'])
             for (const [k, n] of Object.entries(p.retry)) {
-              if (!Number.isInteger(n) || (n as number) < 0) throw new Error(`${w}.retry.${k}: must be a non-negative integer`)
+              const max = PUSH_MAXIMA[k as 'maxAttempts' | 'initialDelayMs' | 'maxDelayMs']
+              const min = k === 'maxAttempts' ? 1 : 0
+              if (!Number.isInteger(n) || (n as number) < min || (n as number) > max) throw new Error(`${w}.retry.${k}: must be an integer from ${min} to ${max}`)
             }
           }
           if (p.onGiveUp !== undefined && p.onGiveUp !== 'dead-letter' && p.onGiveUp !== 'requeue') {

@@ -9,6 +9,7 @@ import JSON5 from 'json5'
 import { existsSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { checkConsume } from './consume-rules.js'
 import { registerFormats } from './formats.js'
 import { schema } from './schema.js'
 import type { Config, SidecarConfig } from './types.js'
@@ -83,6 +84,11 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   }
   if (config.amqp.reconnect.initialDelayMs > config.amqp.reconnect.maxDelayMs) {
     throw new ConfigError('invalid configuration: amqp.reconnect.initialDelayMs must not exceed amqp.reconnect.maxDelayMs')
+  }
+  try {
+    checkConsume(config.consume as Config['consume'])
+  } catch (err) {
+    throw new ConfigError(`invalid configuration: ${(err as Error).message}`)
   }
   return { config, file, describe: () => conf.toString() }
 }

@@ -85,7 +85,12 @@ export const schema = {
     allowedExchanges: { doc: 'Exchanges apps may publish to. null: any.', format: 'nullable-name-list', default: null },
   },
   consume: {
-    leaseMs: ms('How long an app may hold a delivery before it is requeued.', 60000, 1),
+    leaseMs: ms('How long an app may hold a delivery before it is requeued (default for pulls and WebSocket subscriptions); at most consume.maxLeaseMs.', 60000, 1),
+    maxLeaseMs: ms(
+      "Cap on any lease, initial or extended, counted from the delivery: longer requests are refused with 400. Keep it below RabbitMQ's consumer_timeout (30 min by default), which closes the channel of a delivery held longer. Push timeouts and retry schedules must fit in it too.",
+      1500000,
+      1000,
+    ),
     defaultPrefetch: { doc: 'Prefetch for subscriptions that give none.', format: 'integer', default: 10, min: 1 },
     allowedQueues: { doc: 'Queues apps may consume from. null: any.', format: 'nullable-name-list', default: null },
     push: { doc: 'HTTP push subscriptions.', format: 'push-list', default: [] },

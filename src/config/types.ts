@@ -67,6 +67,7 @@ export interface Config {
   }
   consume: {
     leaseMs: number
+    maxLeaseMs: number
     defaultPrefetch: number
     allowedQueues: string[] | null
     push: PushSubscription[]

@@ -17,7 +17,7 @@ import type { Logger } from '../observe/logger.js'
 import type { Metrics } from '../observe/metrics.js'
 import type { SecretRegistry } from '../observe/redact.js'
 import type { Upstream, UpstreamState } from '../upstream/connection.js'
-import { LeaseTable, type SettleResult } from './leases.js'
+import { LeaseTable, type ExtendResult, type SettleResult } from './leases.js'
 import { PullQueue, type PullRequest } from './pull.js'
 import { PushWorker } from './push.js'
 import type { DeliveredMessage } from './delivery.js'
@@ -37,8 +37,8 @@ export interface StatusListener {
 const QUEUE_NAME_RE = /^[A-Za-z0-9\-_.:]{1,255}$/
 /** Upper bound on any prefetch an app asks for. */
 export const MAX_PREFETCH = 1000
-/** Leases stay well below RabbitMQ's consumer_timeout (30 min by default). */
-export const MAX_LEASE_MS = 15 * 60_000
+/** Shortest lease an app may ask for: below it a lease expires before the app can answer. */
+export const MIN_LEASE_MS = 100
 
 export interface ConsumersDeps {
   config: SidecarConfig
@@ -143,6 +143,44 @@ export class Consumers {
       if (lease?.via === 'push') return { deliveryId, result: 'unknown' as const }
       const result = action.kind === 'ack' ? this.leases.ack(deliveryId) : this.leases.nack(deliveryId, action.requeue)
       return { deliveryId, result }
+    })
+  }
+
+  /**
+   * Checks a lease length an app asked for (pull, subscribe, extend) against
+   * consume.maxLeaseMs; throws INVALID_REQUEST naming the cap. undefined: consume.leaseMs.
+   */
+  leaseMs(v: unknown, name = 'leaseMs'): number {
+    if (v === undefined) return this.deps.config.consume.leaseMs
+    const cap = this.deps.config.consume.maxLeaseMs
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < MIN_LEASE_MS) throw new SidecarError('INVALID_REQUEST', `${name} must be an integer from ${MIN_LEASE_MS} to ${cap}`)
+    if (v > cap) throw new SidecarError('INVALID_REQUEST', `${name} ${v} is over consume.maxLeaseMs (${cap}): no lease may outlive it, so RabbitMQ's consumer_timeout never closes the channel under an app`)
+    return v
+  }
+
+  /**
+   * Extends leases (POST /v1/leases/extend, WebSocket extend). All or nothing:
+   * if one live lease would outlive deliveredAt + consume.maxLeaseMs, none is
+   * extended and the answer is 400 naming the cap and how much is left.
+   */
+  extend(deliveryIds: readonly string[], leaseMs: number): ({ deliveryId: string } & ExtendResult)[] {
+    const cap = this.deps.config.consume.maxLeaseMs
+    const now = Date.now()
+    for (const id of deliveryIds) {
+      const lease = this.leases.get(id)
+      if (!lease || lease.via === 'push') continue
+      const left = lease.deliveredAt + cap - now
+      if (leaseMs > left) {
+        throw new SidecarError(
+          'INVALID_REQUEST',
+          `Delivery "${id}" was handed out ${now - lease.deliveredAt} ms ago; no lease may outlive consume.maxLeaseMs (${cap} ms) from its delivery, so it can be extended by at most ${Math.max(0, left)} ms. Ack it, or nack it to requeue.`,
+        )
+      }
+    }
+    return deliveryIds.map((deliveryId) => {
+      // Push deliveries are the sidecar's own: apps cannot extend them.
+      if (this.leases.get(deliveryId)?.via === 'push') return { deliveryId, result: 'unknown' as const }
+      return { deliveryId, ...this.leases.extend(deliveryId, leaseMs) }
     })
   }
 

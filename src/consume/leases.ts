@@ -7,6 +7,7 @@
  * channel where the same tag names a different message.
  *
  *   handed out --ack/nack--> settled (acked | nacked)
+ *       |------extend---------> handed out, expiry moved (never past deliveredAt + cap)
  *       |------lease time over--> requeued (nack requeue=true), then stale
  *       '------channel closed---> stale (the broker requeues it itself)
  */
@@ -16,6 +17,9 @@ import type { Metrics } from '../observe/metrics.js'
 
 /** How an app learns what happened to its ack or nack. */
 export type SettleResult = 'acked' | 'nacked' | 'stale' | 'unknown'
+
+/** How an app learns what happened to its lease extension. */
+export type ExtendResult = { result: 'extended'; expiresAt: string } | { result: 'stale' | 'unknown' }
 
 /** Why a lease ended, as told to its owner. */
 export type LeaseEnd = 'acked' | 'nacked' | 'expired' | 'stale' | 'released'
@@ -70,6 +74,8 @@ export interface Lease {
   readonly via: Via
   readonly channel: ConsumerChannel
   readonly msg: ConsumeMessage
+  /** When it was handed out: no lease, however extended, outlives deliveredAt + consume.maxLeaseMs. */
+  readonly deliveredAt: number
   /** Called once when the lease ends, however it ends. */
   readonly onEnd: ((lease: Lease, how: LeaseEnd) => void) | undefined
   expiresAt: number | null
@@ -107,6 +113,7 @@ export class LeaseTable {
       via: opts.via,
       channel,
       msg,
+      deliveredAt: Date.now(),
       onEnd: opts.onEnd,
       expiresAt: null,
       timer: undefined,
@@ -135,6 +142,22 @@ export class LeaseTable {
     const result = this.#settle(deliveryId, (l) => l.channel.nack(l.msg, requeue), 'nacked')
     this.metrics.nacks.inc({ result })
     return result
+  }
+
+  /**
+   * Moves a live lease's expiry to leaseMs from now (the caller checked the cap).
+   * An expired lease was requeued already: it answers stale, like a late ack.
+   */
+  extend(deliveryId: string, leaseMs: number): ExtendResult {
+    const lease = this.#live.get(deliveryId)
+    if (!lease) return { result: this.#stale.has(deliveryId) ? 'stale' : 'unknown' }
+    if (!lease.channel.open) {
+      this.#end(lease, 'stale')
+      return { result: 'stale' }
+    }
+    if (lease.timer) clearTimeout(lease.timer)
+    this.#arm(lease, leaseMs)
+    return { result: 'extended', expiresAt: new Date(lease.expiresAt as number).toISOString() }
   }
 
   /** The sidecar gives a delivery back (socket closed, shutdown): nack requeue=true, never dead-letter. */

@@ -2,7 +2,9 @@
  * HTTP push (consume.push): the sidecar POSTs each message to the app's URL.
  *
  *   2xx                          -> ack
- *   429, 5xx, timeout, no answer -> retry with full-jitter backoff (Retry-After honoured, capped)
+ *   429, 5xx, response timeout   -> retry with full-jitter backoff (Retry-After honoured, capped)
+ *   URL unreachable (refused,    -> pause the subscription, requeue, no attempt counted, probe,
+ *     connect timeout, no route)    resume by itself (push-pause.ts)
  *   other 4xx, retries exhausted -> onGiveUp: "dead-letter" (nack requeue=false: the
  *                                   queue's dead-letter exchange gets it) or "requeue"
  *   shutdown while pushing       -> nack requeue=true (never dead-lettered by shutdown)
@@ -16,6 +18,7 @@ import { readFileSync } from 'node:fs'
 import type { ConsumeMessage } from 'amqplib'
 import type { SidecarConfig } from '../config/index.js'
 import type { PushSubscription } from '../config/types.js'
+import { pushWithDefaults, type ResolvedPush } from '../config/consume-rules.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics } from '../observe/metrics.js'
 import type { SecretRegistry } from '../observe/redact.js'
@@ -23,37 +26,17 @@ import { Backoff } from '../upstream/backoff.js'
 import type { Consumers } from './consumers.js'
 import { headerText } from './delivery.js'
 import type { ConsumerChannel, Lease } from './leases.js'
+import { CONNECT_TIMEOUT_MS, PushPause, probeConnect, unreachableCode } from './push-pause.js'
 import type { Subscription } from './subscription.js'
-
-/** Defaults for fields a push subscription leaves out (documented in docs/consuming.md). */
-export const PUSH_DEFAULTS = {
-  concurrency: 4,
-  timeoutMs: 10_000,
-  retry: { maxAttempts: 5, initialDelayMs: 500, maxDelayMs: 30_000 },
-  onGiveUp: 'dead-letter',
-} as const
 
 export const TOKEN_HEADER = 'x-sidecar-token'
 /** The token file is re-read at most this often, so a rotated token applies without a restart. */
 const TOKEN_TTL_MS = 5_000
 
-export type PushOutcome = 'delivered' | 'throttled' | 'server-error' | 'timeout' | 'network-error' | 'client-error' | 'aborted'
-
-type Resolved = Omit<PushSubscription, 'retry'> & { retry: PushSubscription['retry'] }
-
-function withDefaults(p: Partial<PushSubscription> & { queue: string; url: string }): Resolved {
-  return {
-    queue: p.queue,
-    url: p.url,
-    concurrency: p.concurrency ?? PUSH_DEFAULTS.concurrency,
-    timeoutMs: p.timeoutMs ?? PUSH_DEFAULTS.timeoutMs,
-    retry: { ...PUSH_DEFAULTS.retry, ...p.retry },
-    onGiveUp: p.onGiveUp ?? PUSH_DEFAULTS.onGiveUp,
-  }
-}
+export type PushOutcome = 'delivered' | 'throttled' | 'server-error' | 'timeout' | 'network-error' | 'client-error' | 'unreachable' | 'aborted'
 
 export class PushWorker {
-  readonly spec: Resolved
+  readonly spec: ResolvedPush
   #sub: Subscription | undefined
   readonly #abort = new AbortController()
   readonly #inFlight = new Set<Promise<void>>()
@@ -61,6 +44,7 @@ export class PushWorker {
   #token: { value: string | null; readAt: number } | undefined
   #delivered = 0
   #gaveUp = 0
+  readonly #pause: PushPause
 
   constructor(
     spec: Partial<PushSubscription> & { queue: string; url: string },
@@ -70,8 +54,16 @@ export class PushWorker {
     private readonly metrics: Metrics,
     private readonly secrets: SecretRegistry,
   ) {
-    this.spec = withDefaults(spec)
+    this.spec = pushWithDefaults(spec)
     this.#log = log.child({ push: this.spec.queue })
+    this.#pause = new PushPause({
+      queue: this.spec.queue,
+      url: this.spec.url,
+      log: this.#log,
+      metrics,
+      pauseConsumer: async () => this.#sub?.pause(),
+      resumeConsumer: () => this.#sub?.resume(),
+    })
   }
 
   start(): void {
@@ -86,22 +78,27 @@ export class PushWorker {
   }
 
   status() {
-    return { queue: this.spec.queue, url: this.spec.url, inFlight: this.#inFlight.size, delivered: this.#delivered, gaveUp: this.#gaveUp, ...this.#sub?.status() }
+    return { queue: this.spec.queue, url: this.spec.url, inFlight: this.#inFlight.size, delivered: this.#delivered, gaveUp: this.#gaveUp, ...this.#sub?.status(), ...this.#pause.status() }
   }
 
   /** Shutdown step 1: no new messages; calls in flight may finish during the drain. */
   async stopConsuming(): Promise<void> {
+    // A probe must not resume consuming during the drain.
+    this.#pause.close()
     await this.#sub?.pause()
   }
 
   /** Final: abort what is left (those messages are requeued) and close the channel. */
   async close(): Promise<void> {
+    this.#pause.close()
     this.#abort.abort()
     await Promise.allSettled([...this.#inFlight])
     await this.#sub?.stop()
   }
 
   #onMessage(msg: ConsumeMessage, channel: ConsumerChannel): void {
+    // Sent before the broker saw our cancel: give it straight back (the nack follows the cancel, so it goes elsewhere or waits).
+    if (this.#pause.paused) return void channel.nack(msg, true)
     const lease = this.consumers.leases.add(channel, msg, { queue: this.spec.queue, via: 'push', leaseMs: null })
     const p = this.#deliver(lease).catch((err: unknown) => {
       this.#log.error({ err }, 'push delivery failed unexpectedly; requeueing')
@@ -119,13 +116,19 @@ export class PushWorker {
     for (let attempt = 1; ; attempt++) {
       // The channel closed meanwhile: the broker redelivers it (redelivered=true); stop here.
       if (leases.get(lease.deliveryId) !== lease) return
-      const { outcome, retryAfterMs } = await this.#attempt(lease, attempt)
+      const { outcome, retryAfterMs, unreachableReason } = await this.#attempt(lease, attempt)
       this.metrics.pushAttempts.inc({ outcome })
       if (outcome === 'delivered') {
         if (leases.ack(lease.deliveryId) === 'acked') this.#delivered++
         return
       }
       if (outcome === 'aborted') {
+        leases.release(lease.deliveryId)
+        return
+      }
+      if (outcome === 'unreachable') {
+        // Not this message's fault: no attempt counted. Cancel first, so the requeued copy is not sent straight back.
+        await this.#pause.pause(unreachableReason ?? 'unreachable')
         leases.release(lease.deliveryId)
         return
       }
@@ -142,8 +145,10 @@ export class PushWorker {
     }
   }
 
-  async #attempt(lease: Lease, attempt: number): Promise<{ outcome: PushOutcome; retryAfterMs?: number }> {
+  async #attempt(lease: Lease, attempt: number): Promise<{ outcome: PushOutcome; retryAfterMs?: number; unreachableReason?: string }> {
     if (this.#abort.signal.aborted) return { outcome: 'aborted' }
+    // Paused by another delivery meanwhile: requeue without trying.
+    if (this.#pause.paused) return { outcome: 'unreachable', unreachableReason: 'paused' }
     const timeout = AbortSignal.timeout(this.spec.timeoutMs)
     try {
       const res = await fetch(this.spec.url, {
@@ -161,9 +166,14 @@ export class PushWorker {
       if (res.status >= 500) return { outcome: 'server-error' }
       this.#log.warn({ status: res.status, messageId: lease.msg.properties.messageId }, 'the app refused a pushed message')
       return { outcome: 'client-error' }
-    } catch {
+    } catch (err) {
       if (this.#abort.signal.aborted) return { outcome: 'aborted' }
-      return { outcome: timeout.aborted ? 'timeout' : 'network-error' }
+      const code = unreachableCode(err)
+      if (code !== undefined) return { outcome: 'unreachable', unreachableReason: code }
+      if (!timeout.aborted) return { outcome: 'network-error' }
+      // A response timeout counts as an attempt; a connect that never completes is an unreachable app.
+      const reason = await probeConnect(this.spec.url, Math.min(this.spec.timeoutMs, CONNECT_TIMEOUT_MS))
+      return reason === undefined ? { outcome: 'timeout' } : { outcome: 'unreachable', unreachableReason: reason }
     }
   }
 

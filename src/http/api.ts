@@ -18,7 +18,8 @@ import { publishRoutes, type PublishRouteDeps } from './routes/publish.js'
 import { statusRoutes } from './routes/status.js'
 import { pullRoutes } from './routes/pull.js'
 import { ackRoutes } from './routes/ack.js'
-import { wsRoutes } from './ws.js'
+import { leaseRoutes } from './routes/leases.js'
+import { wsRoutes } from './ws/route.js'
 import type { Consumers } from '../consume/consumers.js'
 import type { Metrics } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
@@ -65,6 +66,7 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
     const { consumers, publishUpstream, metrics } = deps
     await app.register(pullRoutes, { consumers })
     await app.register(ackRoutes, { consumers })
+    await app.register(leaseRoutes, { consumers })
     await app.register(wsRoutes, { consumers, publishUpstream, metrics, publisher: deps.publisher, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes, log: deps.log })
   }
   return app

@@ -63,6 +63,17 @@ export function createMetrics(registry = new Registry()) {
     nacks: new Counter({ name: `${PREFIX}nacks_total`, help: 'App nacks by result: nacked, stale, unknown', labelNames: ['result'], registers: r }),
     leases: new Gauge({ name: `${PREFIX}leases`, help: 'Deliveries handed out and not yet settled', registers: r }),
     websocketClients: new Gauge({ name: `${PREFIX}websocket_clients`, help: 'Open WebSocket clients', registers: r }),
+    websocketCuts: new Counter({
+      name: `${PREFIX}websocket_cuts_total`,
+      help: 'WebSocket clients closed (code 4008) because they did not read what they were sent',
+      registers: r,
+    }),
+    pushPaused: new Gauge({
+      name: `${PREFIX}push_paused`,
+      help: '1 while a push subscription is paused because its app URL cannot be reached (refused, connect timeout)',
+      labelNames: ['queue'],
+      registers: r,
+    }),
     pushAttempts: new Counter({ name: `${PREFIX}push_attempts_total`, help: 'HTTP push attempts by outcome', labelNames: ['outcome'], registers: r }),
   }
 }

@@ -6,11 +6,11 @@
  * Each message carries a deliveryId to ack or nack (routes/ack.ts) before its lease ends.
  */
 import type { FastifyInstance } from 'fastify'
-import { MAX_LEASE_MS, type Consumers } from '../../consume/consumers.js'
+import { MIN_LEASE_MS, type Consumers } from '../../consume/consumers.js'
 import { errorResponses } from '../responses.js'
 
 /** Query bounds: enough for batch consumers, small enough that one request cannot hog a queue. */
-export const PULL_LIMITS = { maxMessages: 100, maxWaitMs: 60_000, minLeaseMs: 100 } as const
+export const PULL_LIMITS = { maxMessages: 100, maxWaitMs: 60_000, minLeaseMs: MIN_LEASE_MS } as const
 const DEFAULT_MAX = 10
 const DEFAULT_WAIT_MS = 20_000
 
@@ -46,7 +46,7 @@ export async function pullRoutes(app: FastifyInstance, deps: { consumers: Consum
           properties: {
             max: { type: 'integer', minimum: 1, maximum: PULL_LIMITS.maxMessages, default: DEFAULT_MAX },
             waitMs: { type: 'integer', minimum: 0, maximum: PULL_LIMITS.maxWaitMs, default: DEFAULT_WAIT_MS },
-            leaseMs: { type: 'integer', minimum: PULL_LIMITS.minLeaseMs, maximum: MAX_LEASE_MS, description: 'Default consume.leaseMs' },
+            leaseMs: { type: 'integer', minimum: PULL_LIMITS.minLeaseMs, description: 'Default consume.leaseMs; over consume.maxLeaseMs (default 1500000) answers 400 naming the cap' },
             encoding: { type: 'string', enum: ['auto', 'base64'], description: 'base64 forces base64 bodies' },
           },
         },
@@ -65,7 +65,7 @@ export async function pullRoutes(app: FastifyInstance, deps: { consumers: Consum
         const messages = await consumers.pull(queue, {
           max: req.query.max,
           waitMs: req.query.waitMs,
-          leaseMs: req.query.leaseMs ?? consumers.config.leaseMs,
+          leaseMs: consumers.leaseMs(req.query.leaseMs),
           base64: req.query.encoding === 'base64',
           signal: ac.signal,
         })

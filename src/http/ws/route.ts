@@ -1,0 +1,48 @@
+/**
+ * GET /v1/ws: one socket, JSON text frames, multiplexed (DESIGN.md section 3).
+ *
+ * Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue},
+ *   ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, extend {deliveryIds, leaseMs, id?},
+ *   publish {id, exchange, routingKey, body, bodyEncoding, properties, headers, mandatory?}, ping.
+ * Server ops: message, confirm {id, messageId}, error {id?, code, message},
+ *   stale {deliveryIds, reason}, status {upstream, ...}, subscribed, unsubscribed,
+ *   result {id, deliveryId, result} (only for acks/nacks that carry an id),
+ *   extended {id?, results}, pong.
+ *
+ * The parts: peer.ts (one connection: lifecycle, dispatch, bounded send queue),
+ * subscriptions.ts (its consumers and leases), ops.ts (stateless ops), frames.ts (parsing).
+ */
+import websocket from '@fastify/websocket'
+import type { FastifyInstance } from 'fastify'
+import { SidecarError } from '../../errors.js'
+import { sendError } from '../errors.js'
+import type { WsDeps } from './context.js'
+import { WsPeer } from './peer.js'
+
+export type { WsDeps } from './context.js'
+
+/** A base64 body in a JSON envelope is 4/3 of the bytes, plus room for the envelope. */
+const FRAME_OVERHEAD_BYTES = 64 * 1024
+
+export async function wsRoutes(app: FastifyInstance, deps: WsDeps): Promise<void> {
+  const maxPayload = Math.ceil((deps.bodyLimitBytes * 4) / 3) + FRAME_OVERHEAD_BYTES
+  await app.register(websocket, { options: { maxPayload } })
+  const doc = {
+    summary: 'WebSocket: subscribe, ack, nack, extend and publish over one socket',
+    description:
+      'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, extend {deliveryIds, leaseMs, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, ping. Server ops: message, confirm, error, stale, status, subscribed, unsubscribed, result, extended, pong. A client that does not read what it is sent is closed with code 4008. See docs/consuming.md.',
+  }
+  app.route({
+    method: 'GET',
+    url: '/v1/ws',
+    schema: doc,
+    // @fastify/websocket hides WebSocket routes from OpenAPI; this one is API, so document it.
+    config: { swaggerTransform: ({ schema, url }: { schema: unknown; url: string }) => ({ schema: { ...(schema as object), hide: false, response: { 101: { description: 'Switching Protocols: the socket is open' } } }, url }) },
+    // A plain GET (no Upgrade header) gets a documented error instead of the plugin's empty 404.
+    handler: (_req, reply) => sendError(reply, new SidecarError('INVALID_REQUEST', 'GET /v1/ws needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)')),
+    wsHandler: (socket) => {
+      // Handlers are attached synchronously inside the peer's constructor, so no frame is missed.
+      new WsPeer(socket, deps)
+    },
+  })
+}
