@@ -1,7 +1,7 @@
 /**
  * HTTP long-poll pull and list ack/nack against the shared broker: 204 on
  * nothing, long-poll wake-up, results per id, lease expiry, validation,
- * the allow-list, and prefetched messages requeued when nobody pulls.
+ * the allow-list, and a pull that takes off the queue only what it hands out.
  */
 import t from 'tap'
 import { directAmqp } from './fixtures/amqp.js'
@@ -132,17 +132,51 @@ t.test('encoding=base64 forces base64 bodies', async (t) => {
   await post('/v1/ack', { deliveryIds: [m?.deliveryId] })
 })
 
-t.test('prefetched messages nobody pulls are requeued', async (t) => {
+t.test('a pull takes only what it hands out: another consumer of the queue gets the rest at once, not redelivered', async (t) => {
   await put(qIdle, ['1', '2', '3', '4', '5'])
   const [m] = await pullN(qIdle, 1, 'max=1&waitMs=2000')
-  // The other four sit in the sidecar's prefetch buffer, so the queue reads empty.
-  await waitFor(async () => (await amqp.depth(qIdle)) === 0, { timeoutMs: 5000, what: 'all five prefetched' })
-  await waitFor(async () => (await amqp.depth(qIdle)) === 4, { timeoutMs: 10_000, what: 'the four unpulled messages requeued' })
-  // The leased one is still ours to ack.
+  // Nothing prefetched for nobody: the four others are still ready in the queue.
+  t.equal(await amqp.depth(qIdle), 4, 'the pull took one message off the queue, not more')
+  const other = await amqp.channel()
+  const seen: { body: string; redelivered: boolean }[] = []
+  await other.prefetch(10)
+  const { consumerTag } = await other.consume(qIdle, (msg) => {
+    if (!msg) return
+    seen.push({ body: msg.content.toString(), redelivered: msg.fields.redelivered })
+    other.ack(msg)
+  })
+  t.teardown(() => other.cancel(consumerTag).catch(() => {}))
+  await waitFor(() => seen.length === 4, { timeoutMs: 10_000, what: 'the other consumer to get the four others' })
+  t.same(seen.map((x) => x.body).sort(), ['2', '3', '4', '5'])
+  t.ok(seen.every((x) => !x.redelivered), 'none was held and given back (redelivered=false)')
   t.same((await post('/v1/ack', { deliveryIds: [m?.deliveryId] })).body, { results: [{ deliveryId: m?.deliveryId, result: 'acked' }] })
-  const rest = await pullN(qIdle, 4, 'max=10&waitMs=2000')
-  t.equal(rest.length, 4)
-  await post('/v1/ack', { deliveryIds: rest.map((r) => r.deliveryId) })
+  await other.cancel(consumerTag)
+})
+
+t.test('a pull that timed out while the waiting consumer delivered gives the message back', async (t) => {
+  // Two waiting pulls share a consumer of prefetch 2; when both are done nothing is left with the sidecar.
+  const a = pull(qIdle, 'max=1&waitMs=20000')
+  const b = pull(qIdle, 'max=1&waitMs=20000')
+  await waitFor(() => sc.sidecar.consumers.status().pull.some((p) => p.queue === qIdle && p.waiting === 2), { timeoutMs: 5000, what: 'two waiting pulls' })
+  await put(qIdle, ['w1', 'w2', 'w3'])
+  const got = [...((await (await a).json()) as Delivered[]), ...((await (await b).json()) as Delivered[])]
+  t.equal(got.length, 2)
+  await waitFor(async () => (await amqp.depth(qIdle)) === 1, { timeoutMs: 10_000, what: 'the third message ready in the queue' })
+  t.equal(sc.sidecar.consumers.leases.size, 2, 'only the two handed out are leased')
+  await post('/v1/ack', { deliveryIds: got.map((m) => m.deliveryId) })
+  const [last] = await pullN(qIdle, 1, 'max=10&waitMs=0')
+  t.equal(last?.body, 'w3')
+  await post('/v1/ack', { deliveryIds: [last?.deliveryId] })
+})
+
+t.test('waitMs=0 answers what the queue holds now', async (t) => {
+  await put(qBasic, ['now1', 'now2'])
+  await waitFor(async () => (await amqp.depth(qBasic)) === 2, { timeoutMs: 5000, what: 'two messages ready' })
+  const res = await pull(qBasic, 'max=10&waitMs=0')
+  t.equal(res.status, 200)
+  const got = (await res.json()) as Delivered[]
+  t.same(got.map((m) => m.body), ['now1', 'now2'])
+  await post('/v1/ack', { deliveryIds: got.map((m) => m.deliveryId) })
 })
 
 t.test('query values are validated and bounded', async (t) => {

@@ -120,7 +120,7 @@ export class Consumers {
     let pq = this.#pull.get(queue)
     if (!pq || pq.closed) {
       const created: PullQueue = new PullQueue(
-        { queue, prefetch: this.deps.config.consume.defaultPrefetch, upstream: this.upstream, topology: this.deps.config.topology, log: this.#log },
+        { queue, upstream: this.upstream, topology: this.deps.config.topology, log: this.#log },
         this.leases,
         this.deps.config.consume.pullIdleMs,
         this.#log,

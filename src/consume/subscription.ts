@@ -51,7 +51,10 @@ const RETRY_MAX_MS = 10_000
 
 export class Subscription {
   readonly queue: string
-  readonly prefetch: number
+  /** The prefetch the next basic.consume gets (pull sizes it to what its requests ask for). */
+  prefetch: number
+  /** The prefetch last set on the current channel with basic.qos. */
+  #appliedPrefetch: number | undefined
   #state: State = 'idle'
   #channel: ConsumerChannel | undefined
   #connection: ChannelModel | undefined
@@ -113,6 +116,28 @@ export class Subscription {
     return this.#attaching
   }
 
+  /** From idle to paused: the channel is opened (on 'ready') but nothing consumes until resume(). */
+  prepare(): void {
+    if (this.#state === 'idle') this.#state = 'paused'
+  }
+
+  /**
+   * basic.get on this subscription's channel, opening it if need be. undefined:
+   * no channel now (connection down). Throws the broker's channel error (404:
+   * no such queue; the channel is closed by it).
+   */
+  async get(): Promise<{ msg: ConsumeMessage; channel: ConsumerChannel } | false | undefined> {
+    if (this.#state === 'stopped' || this.#state === 'idle') return undefined
+    const conn = this.opts.upstream.connection
+    const up = this.opts.upstream.state
+    if (!conn || (up !== 'connected' && up !== 'blocked')) return undefined
+    if (!this.#channel?.open || this.#connection !== conn) await this.attach(conn)
+    const ref = this.#channel
+    if (!ref?.open) return undefined
+    const msg = await ref.channel.get(this.queue, { noAck: false })
+    return msg === false ? false : { msg: msg as unknown as ConsumeMessage, channel: ref }
+  }
+
   /** basic.cancel, keeping the channel so outstanding deliveries can still be acked. */
   async pause(): Promise<void> {
     if (this.#state !== 'consuming') return
@@ -153,6 +178,7 @@ export class Subscription {
       this.#channel = ref
       this.#connection = conn
       // Awaited: consume()'s own prefetch option is never awaited (AMQP-LIBRARY-NOTES).
+      this.#appliedPrefetch = this.prefetch
       await ch.prefetch(this.prefetch)
     } catch (err) {
       // Usually the connection died meanwhile; 'ready' calls attach() again.
@@ -171,12 +197,17 @@ export class Subscription {
     this.#consumeInFlight = true
     let cancelledForPause = false
     try {
+      // basic.qos applies to consumers started after it: set it again if the prefetch changed since.
+      if (this.#appliedPrefetch !== this.prefetch) {
+        this.#appliedPrefetch = this.prefetch
+        await ref.channel.prefetch(this.prefetch)
+      }
       const { consumerTag } = await ref.channel.consume(this.queue, (msg) => this.#onMessage(ref, conn, msg), { noAck: false })
       if (!ref.open) return
       this.#consumerTag = consumerTag
       this.#backoff.reset()
-      if ((this.#state as State) !== 'consuming') {
-        // pause()/stop() ran while basic.consume was in flight.
+      if ((this.#state as State) !== 'consuming' || this.#appliedPrefetch !== this.prefetch) {
+        // pause()/stop() ran while basic.consume was in flight, or the prefetch changed meanwhile (consume again with it).
         cancelledForPause = true
         await this.#cancelConsumer()
         return

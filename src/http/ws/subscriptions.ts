@@ -12,6 +12,7 @@ import { MAX_PREFETCH } from '../../consume/consumers.js'
 import { toDelivered } from '../../consume/delivery.js'
 import type { Lease, LeaseEnd } from '../../consume/leases.js'
 import type { Subscription, SubscriptionEvent } from '../../consume/subscription.js'
+import { TIMED_OUT, withDeadline } from '../../deadline.js'
 import { SidecarError } from '../../errors.js'
 import { WS_CLOSE_NOT_READING, type PeerIO } from './context.js'
 import { idOf, intIn, type Frame } from './frames.js'
@@ -60,7 +61,16 @@ export class ClientSubscriptions {
       onEvent: (e) => this.#onSubEvent(s, e),
     })
     this.#subs.set(queue, s)
-    const first = await s.sub.start()
+    // Answered by the request deadline even when the broker is silent (a black-holed link holds basic.consume for ever).
+    const deadlineMs = this.io.deps.defaults.timeoutMs
+    const first = await withDeadline(s.sub.start(), deadlineMs)
+    if (first === TIMED_OUT) {
+      if (this.#subs.get(queue) === s) this.#subs.delete(queue)
+      // Not awaited: closing the channel waits on the same silent broker.
+      void consumers.unsubscribe(s.sub)
+      if (this.io.closed) return
+      throw new SidecarError('UPSTREAM_TIMEOUT', `The broker did not confirm the subscription to "${queue}" within ${deadlineMs} ms; not subscribed, subscribe again`)
+    }
     if (this.io.closed) {
       // The client went away mid-subscribe: its channel was closed under the subscribe. Expected, not an error.
       this.io.log.debug({ queue, outcome: first.type }, 'websocket client left while subscribing')
