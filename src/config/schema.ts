@@ -91,10 +91,10 @@ export const schema = {
       1500000,
       1000,
     ),
-    defaultPrefetch: { doc: 'Prefetch for subscriptions that give none.', format: 'integer', default: 10, min: 1 },
+    defaultPrefetch: { doc: 'Prefetch for WebSocket subscriptions that give none.', format: 'integer', default: 10, min: 1 },
     allowedQueues: { doc: 'Queues apps may consume from. null: any.', format: 'nullable-name-list', default: null },
     push: { doc: 'HTTP push subscriptions.', format: 'push-list', default: [] },
-    pullIdleMs: ms('Prefetched pull messages nobody pulls for this long are requeued and the pull consumer is cancelled.', 30000, 1),
+    pullIdleMs: ms('A queue nobody pulls for this long, with nothing leased from it, has its channel closed (the next pull opens it again). Pulls never hold messages nobody asked for.', 30000, 1),
     pushTokenFile: {
       doc: 'A file holding the token sent as X-Sidecar-Token on every push, so the app can verify the caller. null: api.tokenFile, if set.',
       format: 'nullable-string',
