@@ -117,7 +117,8 @@ export class PushWorker {
       // The channel closed meanwhile: the broker redelivers it (redelivered=true); stop here.
       if (leases.get(lease.deliveryId) !== lease) return
       const { outcome, retryAfterMs, unreachableReason } = await this.#attempt(lease, attempt)
-      this.metrics.pushAttempts.inc({ outcome })
+      // A delivery that found the subscription already paused made no call: nothing to count.
+      if (unreachableReason !== 'paused') this.metrics.pushAttempts.inc({ outcome })
       if (outcome === 'delivered') {
         if (leases.ack(lease.deliveryId) === 'acked') this.#delivered++
         return
