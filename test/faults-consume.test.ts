@@ -19,7 +19,7 @@ import { waitFor } from './fixtures/wait.js'
 import { wsClient, type Frame } from './fixtures/ws-client.js'
 
 const amqp = await directAmqp(t, SHARED_BROKER_URL)
-// One queue per consumer kind: a pull consumer stays subscribed (and prefetching) for consume.pullIdleMs.
+// One queue per consumer kind, so one kind never takes another's messages.
 const [q12, q13, q13w, q19, q19p] = ['r12', 'r13', 'r13w', 'r19', 'r19p'].map((n) => amqp.name(`faults-${n}`)) as [string, string, string, string, string]
 const sc = await startSidecar(t, {
   topology: { queues: [q12, q13, q13w, q19, q19p].map((name) => ({ name, durable: false })) },
