@@ -79,7 +79,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     await sidecar.start()
   } catch (err) {
-    log.fatal({ err }, 'could not start (is the port in use?)')
+    log.fatal({ err }, `could not start: ${(err as Error).message}`)
     await sidecar.shutdown({ drainMs: 0 })
     return 1
   }
