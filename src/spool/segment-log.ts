@@ -85,8 +85,7 @@ export class SegmentLog {
       await log.#startSegment()
     } catch (err) {
       await log.close().catch(() => {})
-      const e = err as NodeJS.ErrnoException
-      throw new SpoolOpenError(`publish.spool.dir "${dir}" cannot be used: ${e.code ?? ''} ${e.message}`.replace(/\s+/g, ' '), { cause: err })
+      throw new SpoolOpenError(`publish.spool.dir "${dir}" cannot be used: ${(err as Error).message}`, { cause: err })
     }
     return { log, recovery }
   }
