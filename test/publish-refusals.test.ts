@@ -163,3 +163,39 @@ t.test('a reset under load: confirm-mode publishes in flight are re-sent and ans
   const read = new Set((await amqp.drainUntil(q, statuses.size, 30_000)).map((m) => m.properties.messageId as string))
   t.same([...statuses.keys()].filter((id) => !read.has(id)), [], 'every confirmed message is in the queue')
 })
+
+t.test('a deadline that passes while the writer checks an unknown exchange drops that message only, never the one behind it', async (t) => {
+  // Messages queued while disconnected have their exchange checked by the writer
+  // after the reconnect. A slow link makes each check take a while, and spread
+  // deadlines make some of them pass in the middle of their own check: the old
+  // writer then dropped the queue's head, which was the 202 message behind it.
+  const shared = new URL(SHARED_BROKER_URL)
+  const proxy = await startFaultProxy({ upstreamHost: shared.hostname, upstreamPort: Number(shared.port || 5672) })
+  t.teardown(() => proxy.close())
+  const q = amqp.name('behind')
+  await (await amqp.channel()).assertQueue(q, { durable: false })
+  await proxy.setDown(true)
+  const sc = await startSidecar(t, { amqp: { urls: [`amqp://guest:guest@127.0.0.1:${proxy.port}/%2F`] } })
+  const PAIRS = 24
+  const answers: Array<Promise<unknown>> = []
+  for (let i = 0; i < PAIRS; i++) {
+    // A confirm-mode publish to an exchange nobody declared, with its own deadline...
+    answers.push(post(sc.api, `/v1/publish/test.missing.${i}.${Date.now()}/k`, { 'x-timeout-ms': String(1500 + i * 250) }, 'a'))
+    // ...and a 202 message right behind it, which must arrive whatever happens to the first.
+    const r = await post(sc.api, `/v1/publish/amq.default/${q}`, { 'x-ack': 'accepted', 'x-message-id': `behind-${i}` }, 'b')
+    t.equal(r.status, 202)
+  }
+  proxy.setLatency(150)
+  await proxy.setDown(false)
+  const statuses = (await Promise.all(answers)) as Array<{ status: number }>
+  t.ok(
+    statuses.every((r) => r.status === 404 || r.status === 504),
+    'each message to a missing exchange is answered 404 or 504 by its deadline',
+  )
+  const read = await amqp.drainUntil(q, PAIRS, 60_000)
+  t.same(
+    read.map((m) => m.properties.messageId).sort(),
+    Array.from({ length: PAIRS }, (_, i) => `behind-${i}`).sort(),
+    'every 202 message behind them reached the queue',
+  )
+})

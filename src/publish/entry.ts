@@ -95,3 +95,33 @@ export function heldBytes(msg: OutgoingMessage): number {
   }
   return n
 }
+
+export function newEntry(
+  msg: OutgoingMessage,
+  mode: AckMode,
+  deadlineAt: number,
+  held: number,
+  resolve: (r: PublishResult) => void,
+  reject: (e: SidecarError) => void,
+): Entry {
+  return {
+    msg,
+    mode,
+    state: 'queued',
+    startedAt: process.hrtime.bigint(),
+    deadlineAt,
+    answered: false,
+    returned: false,
+    channel: undefined,
+    timer: undefined,
+    held,
+    copies: 0,
+    maybePublished: false,
+    isolate: false,
+    nacks: 0,
+    deadLetter: false,
+    resolve,
+    reject,
+    settled: undefined,
+  }
+}

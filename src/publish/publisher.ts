@@ -31,9 +31,10 @@ import { SidecarError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
-import { channelErrorCode, refusedExchangeOf } from '../upstream/classify.js'
+import { channelErrorCode } from '../upstream/classify.js'
 import type { PublishBuffer } from './buffer.js'
-import { heldBytes, type AckMode, type ChannelSlot, type Entry, type OutgoingMessage, type PublishResult, type Settlement } from './entry.js'
+import { judgeClosedChannel, refusalText } from './channel-close.js'
+import { heldBytes, newEntry, type AckMode, type ChannelSlot, type Entry, type OutgoingMessage, type PublishResult, type Settlement } from './entry.js'
 import { ExchangeRegistry } from './exchanges.js'
 import { Refusals, type DeadLetterTarget } from './refusals.js'
 
@@ -225,32 +226,14 @@ export class Publisher {
     const written = [...slot.written]
     slot.written.clear()
     slot.byId.clear()
-    const code = channelErrorCode(slot.closeError)
-    // A channel error (the broker closed this channel, the connection lives):
-    // the broker processed the messages up to the one it refused and discarded
-    // every frame after it. A connection loss: any of them may have arrived.
-    const blamed = refusedExchangeOf(slot.closeError)
+    const { verdicts, blamed } = judgeClosedChannel(written, slot.closeError)
     if (blamed) this.#exchanges.refuse(blamed.exchange, blamed.code)
-    // The last message written to the blamed exchange was the refused one or was
-    // discarded after it: either way it was not published, and neither was
-    // anything written after it. What came before may have been.
-    const lastBlamed = blamed ? findLastIndex(written, (e) => e.msg.exchange === blamed.exchange) : -1
-    const isolated = written.length === 1 && written[0]?.isolate === true
     const requeue: Entry[] = []
-    written.forEach((entry, i) => {
-      entry.channel = undefined
-      entry.state = 'queued'
-      entry.returned = false
-      if (code !== undefined && (i === lastBlamed || (isolated && lastBlamed < 0))) {
-        // Refused for good: pinned by the exchange the broker named, or because
-        // it was the only message on the channel.
-        this.#refuse(entry, refusalOf(code, entry, slot.closeError))
-        return
-      }
-      if (lastBlamed < 0 || i < lastBlamed) entry.maybePublished = true
-      // An error nobody named: write these one at a time, so the next one is pinned exactly.
-      if (code !== undefined && lastBlamed < 0) entry.isolate = true
-      if (entry.answered && entry.mode === 'confirm') {
+    for (const v of verdicts) {
+      const { entry } = v
+      if (v.action === 'refuse') {
+        this.#refuse(entry, v.error)
+      } else if (entry.answered && entry.mode === 'confirm') {
         // Already answered 504 at its deadline: the app owns the retry now.
         this.#finish(entry, this.#unknown(entry, ''), 'unknown', 'abandoned')
       } else if (entry.copies >= MAX_COPIES) {
@@ -258,7 +241,7 @@ export class Publisher {
       } else {
         requeue.push(entry)
       }
-    })
+    }
     if (requeue.length > 0) {
       this.metrics.publishResends.inc(requeue.length)
       this.#queue.unshift(...requeue)
@@ -462,53 +445,4 @@ export class Publisher {
   #count(outcome: PublishOutcome): void {
     this.metrics.published.inc({ outcome })
   }
-}
-
-function newEntry(
-  msg: OutgoingMessage,
-  mode: AckMode,
-  deadlineAt: number,
-  held: number,
-  resolve: (r: PublishResult) => void,
-  reject: (e: SidecarError) => void,
-): Entry {
-  return {
-    msg,
-    mode,
-    state: 'queued',
-    startedAt: process.hrtime.bigint(),
-    deadlineAt,
-    answered: false,
-    returned: false,
-    channel: undefined,
-    timer: undefined,
-    held,
-    copies: 0,
-    maybePublished: false,
-    isolate: false,
-    nacks: 0,
-    deadLetter: false,
-    resolve,
-    reject,
-    settled: undefined,
-  }
-}
-
-function findLastIndex<T>(list: readonly T[], pred: (t: T) => boolean): number {
-  for (let i = list.length - 1; i >= 0; i--) if (pred(list[i] as T)) return i
-  return -1
-}
-
-function refusalText(code: ErrorCode, exchange: string): string {
-  return code === 'EXCHANGE_NOT_FOUND'
-    ? `The broker has no exchange "${exchange}"`
-    : `The broker refused publishing to exchange "${exchange}" (internal, or no write permission)`
-}
-
-/** What a channel error that fell on one message means for the app. */
-function refusalOf(code: number, entry: Entry, cause: unknown): SidecarError {
-  const exchange = entry.msg.exchange
-  if (code === 404) return new SidecarError('EXCHANGE_NOT_FOUND', refusalText('EXCHANGE_NOT_FOUND', exchange))
-  if (code === 403) return new SidecarError('EXCHANGE_ACCESS_REFUSED', refusalText('EXCHANGE_ACCESS_REFUSED', exchange))
-  return new SidecarError('PUBLISH_REFUSED', `The broker refused the message: ${(cause as Error | undefined)?.message ?? `reply code ${code}`}`, { cause })
 }
