@@ -93,6 +93,11 @@ t.test('the bracket: cuts give an upper bound, survived idle periods a lower bou
   t.equal(withStray?.events, 3)
   t.ok((withStray?.idleTimeoutSeconds ?? 0) > (withStray?.atLeastSeconds ?? Infinity), 'the named value is above every idle period that survived')
   t.equal(detectIdleTimeout([cut(2000, 'econnreset', 0, 0), cut(3000, 'econnreset', 1, 10_000), cut(2500, 'econnreset', 2, 0)]), null, 'cuts below a survived idle period are no pattern')
+  t.equal(
+    detectIdleTimeout([cut(7600, 'heartbeat-timeout', 0, 7500), cut(7550, 'heartbeat-timeout', 5, 7500), cut(7700, 'heartbeat-timeout', 9, 7500)]),
+    null,
+    'a cut after the same idle gap the heartbeats kept surviving (a frozen broker) is no middlebox',
+  )
   const old = detectIdleTimeout([cut(2000, 'econnreset', 0, 60_000), cut(3000, 'econnreset', 40), cut(2500, 'econnreset', 41), cut(2200, 'econnreset', 42)])
   t.equal(old?.atLeastSeconds, null, 'a survival outside the window does not bound the new pattern')
 })

@@ -287,8 +287,8 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   }
 
   /**
-   * Resets after about the same idle time mean a load balancer, NAT or firewall
-   * drops idle flows (seeds/000). Say so, and (unless switched off) ask for a
+   * Recent cuts after idle periods longer than any the link survived mean a
+   * load balancer, NAT or firewall drops idle flows (seeds/000). Say so, and (unless switched off) ask for a
    * heartbeat short enough to keep the flow busy: the broker then sends a frame
    * every heartbeat/2 s, well inside the middlebox's timeout.
    */

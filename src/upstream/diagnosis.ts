@@ -34,6 +34,13 @@ export const IDLE_PATTERN_MIN_EVENTS = 3
 export const IDLE_PATTERN_WINDOW_MS = 30 * 60_000
 /** A cut after less idleness than this was a busy link, not an idle one. */
 const MIN_IDLE_MS = 1_000
+/**
+ * Idle times are sampled (idle-meter.ts); a cut must come after clearly more
+ * idleness than the link survived to count. This keeps a frozen broker (cut by
+ * the heartbeat timer after the same idle gap the heartbeats kept surviving)
+ * from passing for a middlebox.
+ */
+const MEASUREMENT_SLACK_MS = 300
 
 export const ADVICE: Record<DisconnectCause, string> = {
   econnreset:
@@ -87,7 +94,7 @@ export function detectIdleTimeout(history: readonly DisconnectRecord[]): IdlePat
     const end = Date.parse(newest.at)
     const inWindow = (d: DisconnectRecord) => end - Date.parse(d.at) <= IDLE_PATTERN_WINDOW_MS
     const survived = Math.max(0, ...history.filter((d) => !d.duringConnect && inWindow(d)).map((d) => d.longestSurvivedIdleMs ?? 0))
-    const idleCuts = cuts.filter((d) => inWindow(d) && (d.idleMsBefore as number) >= MIN_IDLE_MS && (d.idleMsBefore as number) > survived)
+    const idleCuts = cuts.filter((d) => inWindow(d) && (d.idleMsBefore as number) >= MIN_IDLE_MS && (d.idleMsBefore as number) > survived + MEASUREMENT_SLACK_MS)
     if (idleCuts.length < IDLE_PATTERN_MIN_EVENTS) continue
     const atMost = Math.min(...idleCuts.map((d) => d.idleMsBefore as number))
     const pattern: IdlePattern = {
