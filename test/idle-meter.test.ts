@@ -88,6 +88,42 @@ t.test('a cut met by no write of ours: the middlebox timer (FIN) or a keepalive 
   t.equal(meter.readCut(250)?.idleMsBefore, 250, 'a keepalive cut is the probe delay, not the time until the probes gave up')
 })
 
+t.test('a proxy that times what the client sends: a late reply does not make the flow younger', async (t) => {
+  const REPLY_AFTER_MS = 600
+  const server = createServer((s) => {
+    s.on('error', () => {})
+    let timer: NodeJS.Timeout | undefined
+    // Like haproxy's `timeout client`: counted from the last byte the client SENT.
+    s.on('data', () => {
+      clearTimeout(timer)
+      timer = setTimeout(() => s.end(), CUT_MS)
+      setTimeout(() => s.writable && s.write('late pong'), REPLY_AFTER_MS)
+    })
+    s.on('close', () => clearTimeout(timer))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const c = connect((server.address() as { port: number }).port, '127.0.0.1')
+  c.on('error', () => {})
+  t.teardown(() => {
+    c.destroy()
+    server.close()
+  })
+  await once(c, 'connect')
+  c.resume() // read (and drop) the late reply, so the FIN after it is seen
+  const meter = new IdleMeter()
+  t.teardown(() => meter.stop())
+  meter.start(c)
+  const ended = waitForEvent(c, 'end', { timeoutMs: 10_000 + CUT_MS, what: 'the proxy to close' })
+  const wroteAt = Date.now()
+  c.write('ping')
+  await ended
+  const sinceWrite = Date.now() - wroteAt
+  const r = meter.readCut()
+  t.comment(`since our write ${sinceWrite} ms, the reply came ${REPLY_AFTER_MS} ms after it; meter ${JSON.stringify(r)}`)
+  t.ok((r?.idleMsBefore ?? 0) >= sinceWrite - REPLY_AFTER_MS / 2, `the idle time is read from our last write (${r?.idleMsBefore} ms of ${sinceWrite}), not from the late reply`)
+})
+
 t.test('no reading before start', async (t) => {
   t.equal(new IdleMeter().readCut(), null)
 })

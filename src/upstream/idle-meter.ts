@@ -27,6 +27,7 @@ export interface IdleReading {
 
 export class IdleMeter {
   #lastActivityAt = 0
+  #lastWriteAt = 0
   #read = 0
   #written = 0
   /** The longest gap that ended with a write since the last read (0: none). */
@@ -39,6 +40,7 @@ export class IdleMeter {
     this.stop()
     this.#socket = socket
     this.#lastActivityAt = Date.now()
+    this.#lastWriteAt = this.#lastActivityAt
     this.#read = socket.bytesRead
     this.#written = socket.bytesWritten
     this.#unprovenGapMs = 0
@@ -48,16 +50,21 @@ export class IdleMeter {
 
   /**
    * The idle time before the write or timer that met the cut, read when the
-   * socket has died. A cut that came with no write of ours was met by a timer:
-   * the middlebox's own (it closed the flow: now minus the last byte) or TCP
-   * keepalive, whose first probe leaves `probeAfterMs` after the last byte.
+   * socket has died. When writes of ours followed the last read, one of them
+   * (or a heartbeat) met the cut: the longest gap they ended. Otherwise a timer
+   * met it: TCP keepalive, whose first probe leaves `probeAfterMs` after the
+   * last byte, or the middlebox's own, which closed the flow. A proxy such as
+   * haproxy times each direction on its own (`timeout client` counts from the
+   * last byte the client SENT), so a late reply from the broker does not make
+   * the flow younger to it: the middlebox's timer is read from our last write.
    * Null when nothing was measured.
    */
   readCut(probeAfterMs = Number.POSITIVE_INFINITY): IdleReading | null {
     if (!this.#lastActivityAt) return null
     this.#sample()
-    const sinceLast = Math.min(Date.now() - this.#lastActivityAt, probeAfterMs)
-    return { idleMsBefore: Math.max(this.#unprovenGapMs, sinceLast), longestSurvivedIdleMs: this.#longestSurvivedMs }
+    const now = Date.now()
+    const byTimer = Math.min(now - (this.#unprovenGapMs > 0 ? this.#lastActivityAt : this.#lastWriteAt), probeAfterMs)
+    return { idleMsBefore: Math.max(this.#unprovenGapMs, byTimer), longestSurvivedIdleMs: this.#longestSurvivedMs }
   }
 
   stop(): void {
@@ -81,6 +88,7 @@ export class IdleMeter {
     } else {
       this.#unprovenGapMs = Math.max(this.#unprovenGapMs, gap)
     }
+    if (written !== this.#written) this.#lastWriteAt = now
     this.#read = read
     this.#written = written
     this.#lastActivityAt = now
