@@ -75,7 +75,9 @@ export interface IdlePattern {
   windowSeconds: number
 }
 
-const seconds = (ms: number) => Math.round(ms / 100) / 10
+/** Tenths of a second, rounded outwards so the bracket never shrinks past what was measured. */
+const ceilSeconds = (ms: number) => Math.ceil(ms / 100) / 10
+const floorSeconds = (ms: number) => Math.floor(ms / 100) / 10
 
 /**
  * Finds "cut after N s idle" in the disconnect history (oldest first). A
@@ -98,9 +100,9 @@ export function detectIdleTimeout(history: readonly DisconnectRecord[]): IdlePat
     if (idleCuts.length < IDLE_PATTERN_MIN_EVENTS) continue
     const atMost = Math.min(...idleCuts.map((d) => d.idleMsBefore as number))
     const pattern: IdlePattern = {
-      idleTimeoutSeconds: seconds(atMost),
-      atLeastSeconds: survived > 0 ? seconds(survived) : null,
-      atMostSeconds: seconds(atMost),
+      idleTimeoutSeconds: ceilSeconds(atMost),
+      atLeastSeconds: survived > 0 ? floorSeconds(survived) : null,
+      atMostSeconds: ceilSeconds(atMost),
       kind,
       events: idleCuts.length,
       windowSeconds: IDLE_PATTERN_WINDOW_MS / 1000,
