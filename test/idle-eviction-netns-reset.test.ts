@@ -13,7 +13,7 @@
  * Invariants L, D, H, S, R (FAULTS.md), plus: the diagnosis names the timeout
  * within the bracket the idle periods allow, the heartbeat adapts, the cuts
  * stop; with adaptation off every publish after an idle period still answers
- * 200 (re-sent: a todo until issue 11 item 1, re-send, is merged).
+ * 200 (re-sent on the next connection within its deadline).
  */
 import t, { type Test } from 'tap'
 import { checkH, checkLD, checkR, checkS, publishOnce, type Outcome } from './fixtures/faults.js'
@@ -128,12 +128,11 @@ if (skip) {
     t.equal(st.upstream.requestedHeartbeatSeconds, 0, 'adaptation off: the heartbeat stays 0')
     t.match(st.diagnosis, /heartbeat is 0 s/, 'and the diagnosis says so')
     t.ok(sc.lines.some((l) => typeof l.msg === 'string' && l.msg.includes('adaptive heartbeat is off')), 'the advice is logged')
-    // Runs and reports "not ok # TODO" until the re-send is merged; then drop the todo.
+    // The re-send (DESIGN.md section 2): the publish that met the RST is re-sent on the next connection.
     t.same(
       made.map((c) => c.afterIdle.status),
       made.map(() => 200),
       `every publish after an idle period still answers 200, re-sent on the next connection (got ${made.map((c) => `${c.afterIdle.status}${c.afterIdle.code ? ` ${c.afterIdle.code}` : ''}`).join(', ')})`,
-      { todo: 'needs the re-send within the deadline (issue 11 item 1)' },
     )
     checkH(t, outcomes)
     await checkLD(t, env.amqp, q, outcomes, { duplicateBound: CYCLES })
