@@ -14,6 +14,7 @@ export const TARGETS = {
   addedP99Ms: 1.2,
   idleRssMB: 60,
   coresPer1000MsgPerSec: 0.1,
+  spoolOverMemory: 0.7,
 } as const
 
 export interface SummaryInput {
@@ -32,6 +33,8 @@ export interface SummaryInput {
 const CONSUME_TITLES: Record<string, string> = {
   'g.direct': `direct amqplib consume + ack, prefetch ${CONSUME_PREFETCH}`,
   'g.sidecar': `sidecar WebSocket consume + ack, prefetch ${CONSUME_PREFETCH}`,
+  'j.memory': `sidecar HTTP 202 (X-Ack: accepted), held in memory, concurrency ${HTTP_CONCURRENCY}`,
+  'j.spool': `sidecar HTTP 202 (X-Ack: accepted), fsynced to the spool, concurrency ${HTTP_CONCURRENCY}`,
 }
 
 /** Median over repetitions of (rate / baseline rate in the same repetition). */
@@ -51,13 +54,13 @@ function nullableMedian(values: Array<number | undefined>): number | null {
 
 export function summarise(input: SummaryInput): BenchResults {
   const { opts, reps, skipped } = input
-  const ids = ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar']
+  const ids = ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar', 'j.memory', 'j.spool']
   const cases: CaseResult[] = []
   for (const id of ids) {
     const caseId = id.split('.')[0] as string
     if (!opts.only.has(caseId as never)) continue
     const rs = reps.get(id) ?? []
-    const baseline = id === 'a' || id === 'g.direct' ? null : id === 'g.sidecar' ? 'g.direct' : 'a'
+    const baseline = id === 'a' || id === 'g.direct' ? null : id === 'g.sidecar' ? 'g.direct' : id === 'j.spool' ? 'j.memory' : 'a'
     const result: CaseResult = {
       id,
       title: input.titles.get(id) ?? CONSUME_TITLES[id] ?? id,
@@ -106,6 +109,7 @@ export function summarise(input: SummaryInput): BenchResults {
     target('g', 'sidecar WebSocket consume vs direct consume', byId.get('g.sidecar')?.ratio, '>=', TARGETS.consumeOverDirect),
     target('b/e', 'sidecar HTTP single publish vs management HTTP API', pairedRatio(reps.get('b'), reps.get('e')), '>=', TARGETS.bOverE),
     target('h.p99', `added p99 latency at ${opts.latencyRate} msg/s (ms)`, latency.added?.p99, '<=', TARGETS.addedP99Ms),
+    target('j', 'spooled 202 vs in-memory 202', byId.get('j.spool')?.ratio, '>=', TARGETS.spoolOverMemory),
     target('i.idle', 'sidecar idle RSS (MB)', resources.idleRssMB, '<=', TARGETS.idleRssMB),
     // Cores per 1,000 msg/s is CPU seconds per 1,000 messages, measured at the fixed rate of (h).
     target('i.cpu', `sidecar cores per 1,000 msg/s (at ${opts.latencyRate} msg/s)`, latency.sidecarCpuPer1000, '<=', TARGETS.coresPer1000MsgPerSec),
