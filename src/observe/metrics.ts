@@ -38,7 +38,7 @@ export function createMetrics(registry = new Registry()) {
     upstreamHeartbeat: new Gauge({ name: `${PREFIX}upstream_heartbeat_seconds`, help: 'Negotiated heartbeat of the current connection', labelNames: ['connection'], registers: r }),
     idleTimeoutDetected: new Gauge({
       name: `${PREFIX}upstream_idle_timeout_detected_seconds`,
-      help: 'Idle timeout of a middlebox inferred from repeated disconnects after the same idle time (0: none seen)',
+      help: 'Idle timeout of a middlebox inferred from three recent idle cuts of one kind: the upper end of the bracket /v1/status names (0: none seen)',
       labelNames: ['connection'],
       registers: r,
     }),

@@ -36,7 +36,7 @@ import type { PublishBuffer } from './buffer.js'
 import { judgeClosedChannel, refusalText } from './channel-close.js'
 import { heldBytes, newEntry, type AckMode, type ChannelSlot, type Entry, type OutgoingMessage, type PublishResult, type Settlement } from './entry.js'
 import { ExchangeRegistry } from './exchanges.js'
-import { Refusals, type DeadLetterTarget } from './refusals.js'
+import { Settler, type DeadLetterTarget } from './settle.js'
 
 export type { AckMode, OutgoingMessage, PublishResult } from './entry.js'
 
@@ -67,7 +67,7 @@ export class Publisher {
   #flushRequested = false
   #closed = false
   readonly #exchanges = new ExchangeRegistry()
-  readonly #refusals: Refusals
+  readonly #settle: Settler
   #store: AcceptedStore | undefined
 
   constructor(
@@ -77,7 +77,7 @@ export class Publisher {
     private readonly log: Logger,
     opts: PublisherOptions = {},
   ) {
-    this.#refusals = new Refusals(opts.deadLetter ?? null, metrics, log, (entry) => this.#enqueue(entry))
+    this.#settle = new Settler(opts.deadLetter ?? null, buffer, metrics, log, (entry) => this.#enqueue(entry))
     upstream.on('ready', (conn) => void this.#openChannel(conn))
     // Leaving 'blocked' (or reconnecting) may let queued messages go out.
     upstream.on('state', () => this.#flush())
@@ -91,7 +91,7 @@ export class Publisher {
   async admit(msg: OutgoingMessage, deadlineMs: number): Promise<void> {
     const messageId = msg.options.messageId
     const fail = (code: ErrorCode, text?: string) => {
-      this.#count('rejected')
+      this.#settle.count('rejected')
       return new SidecarError(code, text, { messageId })
     }
     if (this.#closed) throw fail('SHUTTING_DOWN')
@@ -116,7 +116,7 @@ export class Publisher {
     await this.admit(msg, opts.deadlineMs)
     const held = heldBytes(msg)
     if (!this.buffer.tryReserve(held)) {
-      this.#count('rejected')
+      this.#settle.count('rejected')
       throw new SidecarError('BUFFER_FULL', `The publish buffer is full (${this.buffer.messages} messages, ${this.buffer.bytes} bytes held for the broker)`, {
         messageId: msg.options.messageId,
       })
@@ -124,7 +124,7 @@ export class Publisher {
     return new Promise<PublishResult>((resolve, reject) => {
       const entry = newEntry(msg, opts.mode, opts.mode === 'accepted' ? Infinity : deadlineAt, held, resolve, reject)
       if (opts.mode === 'accepted') {
-        this.#answer(entry, { messageId: msg.options.messageId, status: 'accepted' }, 'accepted')
+        this.#settle.answer(entry, { messageId: msg.options.messageId, status: 'accepted' }, 'accepted')
       } else {
         entry.timer = setTimeout(() => this.#onDeadline(entry), Math.max(0, deadlineAt - Date.now()))
       }
@@ -165,13 +165,13 @@ export class Publisher {
     const held = [...this.#queue.splice(0), ...this.#delayed]
     this.#delayed.clear()
     for (const entry of held) {
-      this.#finish(entry, new SidecarError('SHUTTING_DOWN', 'The sidecar shut down before the message was sent', { messageId: entry.msg.options.messageId }), 'rejected', 'abandoned')
+      this.#settle.finish(entry, new SidecarError('SHUTTING_DOWN', 'The sidecar shut down before the message was sent', { messageId: entry.msg.options.messageId }), 'rejected', 'abandoned')
     }
     const slot = this.#slot
     this.#slot = undefined
     if (slot) {
       for (const entry of slot.written) {
-        this.#finish(entry, this.#unknown(entry, 'The sidecar shut down before the broker confirmed the message'), 'unknown', 'abandoned')
+        this.#settle.finish(entry, this.#settle.unknown(entry, 'The sidecar shut down before the broker confirmed the message'), 'unknown', 'abandoned')
       }
       slot.open = false
       await slot.channel.close().catch(noop)
@@ -232,12 +232,12 @@ export class Publisher {
     for (const v of verdicts) {
       const { entry } = v
       if (v.action === 'refuse') {
-        this.#refuse(entry, v.error)
+        this.#settle.refuse(entry, v.error)
       } else if (entry.answered && entry.mode === 'confirm') {
         // Already answered 504 at its deadline: the app owns the retry now.
-        this.#finish(entry, this.#unknown(entry, ''), 'unknown', 'abandoned')
+        this.#settle.finish(entry, this.#settle.unknown(entry, ''), 'unknown', 'abandoned')
       } else if (entry.copies >= MAX_COPIES) {
-        this.#refuse(entry, new SidecarError('PUBLISH_OUTCOME_UNKNOWN', `The message was written ${entry.copies} times without a confirm; giving up`))
+        this.#settle.refuse(entry, new SidecarError('PUBLISH_OUTCOME_UNKNOWN', `The message was written ${entry.copies} times without a confirm; giving up`))
       } else {
         requeue.push(entry)
       }
@@ -288,7 +288,7 @@ export class Publisher {
       const refused = this.#exchanges.refusal(msg.exchange)
       if (refused) {
         this.#remove(entry)
-        this.#refuse(entry, new SidecarError(refused, refusalText(refused, msg.exchange)))
+        this.#settle.refuse(entry, new SidecarError(refused, refusalText(refused, msg.exchange)))
         continue
       }
       if (!this.#exchanges.knownToExist(msg.exchange)) {
@@ -299,7 +299,7 @@ export class Publisher {
         if (entry.state !== 'queued' || this.#queue[0] !== entry) continue
         if (!exists) {
           this.#remove(entry)
-          this.#refuse(entry, new SidecarError('EXCHANGE_NOT_FOUND', refusalText('EXCHANGE_NOT_FOUND', msg.exchange)))
+          this.#settle.refuse(entry, new SidecarError('EXCHANGE_NOT_FOUND', refusalText('EXCHANGE_NOT_FOUND', msg.exchange)))
           continue
         }
         if (this.#slot !== slot || !slot.open) return
@@ -329,7 +329,7 @@ export class Publisher {
           return
         }
         // amqplib could not encode this message: its fault alone, so refuse it and go on.
-        this.#refuse(entry, new SidecarError('INVALID_REQUEST', `The message could not be encoded: ${(err as Error).message}`))
+        this.#settle.refuse(entry, new SidecarError('INVALID_REQUEST', `The message could not be encoded: ${(err as Error).message}`))
         continue
       }
       // amqplib's write buffer is full: wait for its 'drain' before writing more.
@@ -357,17 +357,17 @@ export class Publisher {
           if (this.#delayed.delete(entry)) this.#enqueue(entry)
         }, NACK_RETRY_MS).unref()
       } else {
-        this.#refuse(entry, new SidecarError('PUBLISH_NACKED', undefined, { messageId: id }), 'nacked')
+        this.#settle.refuse(entry, new SidecarError('PUBLISH_NACKED', undefined, { messageId: id }), 'nacked')
       }
     } else if (entry.returned) {
-      this.#refuse(
+      this.#settle.refuse(
         entry,
         new SidecarError('UNROUTABLE', `No queue is bound for exchange "${entry.msg.exchange}" with routing key "${entry.msg.routingKey}"`, { messageId: id }),
         'unroutable',
       )
     } else {
       if (entry.mode === 'confirm') this.metrics.publishDuration.observe(Number(process.hrtime.bigint() - entry.startedAt) / 1e9)
-      this.#finish(entry, { messageId: id, status: 'confirmed' }, 'confirmed', 'published')
+      this.#settle.finish(entry, { messageId: id, status: 'confirmed' }, 'confirmed', 'published')
     }
     // Something held back behind this id, or behind an isolated message, may go now.
     if (this.#queue.length > 0) this.#flush()
@@ -382,67 +382,17 @@ export class Publisher {
       const text = entry.maybePublished
         ? 'The connection to the broker was lost after the message was sent, and the deadline passed before a re-sent copy could be confirmed'
         : `The deadline passed before the message could be sent (upstream ${this.upstream.state}); it was not sent`
-      this.#finish(entry, this.#unknown(entry, text), 'unknown', 'abandoned')
+      this.#settle.finish(entry, this.#settle.unknown(entry, text), 'unknown', 'abandoned')
       // What waited behind it may be writable now.
       this.#flush()
     } else if (entry.state === 'written') {
       // Written: answer now, but keep its buffer room until the broker settles it.
-      this.#answer(entry, this.#unknown(entry, 'The deadline passed before the broker confirmed the message'), 'unknown')
+      this.#settle.answer(entry, this.#settle.unknown(entry, 'The deadline passed before the broker confirmed the message'), 'unknown')
     }
-  }
-
-  /** The broker refused this message for good: answer it, or dead-letter a 202 message. */
-  #refuse(entry: Entry, err: SidecarError, outcome: PublishOutcome = 'rejected'): void {
-    err.messageId = entry.msg.options.messageId
-    if (entry.mode === 'confirm' && entry.maybePublished && err.code !== 'UNROUTABLE' && err.code !== 'PUBLISH_NACKED') {
-      // An earlier copy may have reached a queue before this one was refused: a
-      // refusal would tell the app it was not published, which may be false.
-      this.#finish(entry, this.#unknown(entry, `An earlier copy may have been published; the re-sent copy was refused (${err.code}: ${err.message})`), 'unknown', 'refused')
-      return
-    }
-    if (entry.mode === 'accepted' && !entry.answered) entry.answered = true
-    if (entry.mode === 'accepted') {
-      // Its buffer room and spool record pass to the dead-letter copy, if there is one.
-      if (this.#refusals.deadLetter(entry, err, outcome)) {
-        entry.state = 'done'
-        return
-      }
-    }
-    this.#finish(entry, err, outcome, 'refused')
   }
 
   #remove(entry: Entry): void {
     const i = this.#queue.indexOf(entry)
     if (i >= 0) this.#queue.splice(i, 1)
-  }
-
-  #unknown(entry: Entry, text: string): SidecarError {
-    return new SidecarError('PUBLISH_OUTCOME_UNKNOWN', `${text || 'The outcome is unknown'}; retry with the same X-Message-Id`, { messageId: entry.msg.options.messageId })
-  }
-
-  /** Final state: answers the app (if not yet), frees the buffer room, stops the timer. */
-  #finish(entry: Entry, result: PublishResult | SidecarError, outcome: PublishOutcome, how: Settlement): void {
-    if (entry.state === 'done') return
-    entry.state = 'done'
-    if (entry.timer) clearTimeout(entry.timer)
-    if (entry.held > 0) this.buffer.release(entry.held)
-    entry.settled?.(how)
-    if (entry.mode === 'accepted' && result instanceof SidecarError) {
-      if (how !== 'abandoned' || entry.settled === undefined) this.#refusals.dropped(entry, result, outcome)
-      return
-    }
-    this.#answer(entry, result, outcome)
-  }
-
-  #answer(entry: Entry, result: PublishResult | SidecarError, outcome: PublishOutcome): void {
-    if (entry.answered) return
-    entry.answered = true
-    this.#count(outcome)
-    if (result instanceof SidecarError) entry.reject(result)
-    else entry.resolve(result)
-  }
-
-  #count(outcome: PublishOutcome): void {
-    this.metrics.published.inc({ outcome })
   }
 }

@@ -1,4 +1,8 @@
 /**
+ * How a message ends: the app's answer, the buffer room given back, the
+ * spool told, the metric counted, all in one place (finish), and what a
+ * refusal for good means (refuse).
+ *
  * What happens to a message answered 202 that the broker refuses for good
  * (no such exchange, access refused, unroutable, nacked again and again,
  * DESIGN.md section 9). The app was told 202 and is gone, so the sidecar must
@@ -7,23 +11,76 @@
  * x-sidecar-error header; otherwise (or when that is refused too) it is logged
  * at error level with its message_id and counted.
  */
-import type { SidecarError } from '../errors.js'
+import { SidecarError } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
-import type { Entry } from './entry.js'
+import type { PublishBuffer } from './buffer.js'
+import type { Entry, PublishResult, Settlement } from './entry.js'
 
 export interface DeadLetterTarget {
   exchange: string
   routingKey: string
 }
 
-export class Refusals {
+export class Settler {
   constructor(
     private readonly target: DeadLetterTarget | null,
+    private readonly buffer: PublishBuffer,
     private readonly metrics: Metrics,
     private readonly log: Logger,
     private readonly enqueue: (entry: Entry) => void,
   ) {}
+
+  /** The broker refused this message for good: answer it, or dead-letter a 202 message. */
+  refuse(entry: Entry, err: SidecarError, outcome: PublishOutcome = 'rejected'): void {
+    err.messageId = entry.msg.options.messageId
+    if (entry.mode === 'confirm' && entry.maybePublished && err.code !== 'UNROUTABLE' && err.code !== 'PUBLISH_NACKED') {
+      // An earlier copy may have reached a queue before this one was refused: a
+      // refusal would tell the app it was not published, which may be false.
+      this.finish(entry, this.unknown(entry, `An earlier copy may have been published; the re-sent copy was refused (${err.code}: ${err.message})`), 'unknown', 'refused')
+      return
+    }
+    if (entry.mode === 'accepted') {
+      entry.answered = true
+      // Its buffer room and spool record pass to the dead-letter copy, if there is one.
+      if (this.deadLetter(entry, err, outcome)) {
+        entry.state = 'done'
+        return
+      }
+    }
+    this.finish(entry, err, outcome, 'refused')
+  }
+
+  unknown(entry: Entry, text: string): SidecarError {
+    return new SidecarError('PUBLISH_OUTCOME_UNKNOWN', `${text || 'The outcome is unknown'}; retry with the same X-Message-Id`, { messageId: entry.msg.options.messageId })
+  }
+
+  /** Final state: answers the app (if not yet), frees the buffer room, stops the timer, tells the owner. */
+  finish(entry: Entry, result: PublishResult | SidecarError, outcome: PublishOutcome, how: Settlement): void {
+    if (entry.state === 'done') return
+    entry.state = 'done'
+    if (entry.timer) clearTimeout(entry.timer)
+    if (entry.held > 0) this.buffer.release(entry.held)
+    entry.settled?.(how)
+    if (entry.mode === 'accepted' && result instanceof SidecarError) {
+      // A spooled message abandoned at shutdown is still on disk: nothing is lost.
+      if (how !== 'abandoned' || entry.settled === undefined) this.dropped(entry, result, outcome)
+      return
+    }
+    this.answer(entry, result, outcome)
+  }
+
+  answer(entry: Entry, result: PublishResult | SidecarError, outcome: PublishOutcome): void {
+    if (entry.answered) return
+    entry.answered = true
+    this.count(outcome)
+    if (result instanceof SidecarError) entry.reject(result)
+    else entry.resolve(result)
+  }
+
+  count(outcome: PublishOutcome): void {
+    this.metrics.published.inc({ outcome })
+  }
 
   /**
    * Sends a copy of a refused 202 message to the dead-letter target. The copy
