@@ -17,6 +17,7 @@ import { createMetrics, type Metrics } from './observe/metrics.js'
 import { SecretRegistry } from './observe/redact.js'
 import { PublishBuffer } from './publish/buffer.js'
 import { Publisher } from './publish/publisher.js'
+import { RpcClient } from './rpc/client.js'
 import { Upstream } from './upstream/connection.js'
 import { detectIdleTimeout, diagnose } from './upstream/diagnosis.js'
 
@@ -61,6 +62,8 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
   const upstream = new Upstream('publish', config, log, metrics, secrets)
   const buffer = new PublishBuffer(config.publish.maxBufferedMessages, config.publish.maxBufferedBytes, metrics)
   const publisher = new Publisher(upstream, buffer, metrics, log)
+  // Request/reply has its own channel on the publish connection (direct reply-to).
+  const rpc = new RpcClient(upstream, config.rpc.maxOutstanding, metrics, log)
   // Consumers get their own connection: a memory alarm blocks the publishing one, and must not block acks.
   const consumeUpstream = new Upstream('consume', config, log, metrics, secrets)
   const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics, secrets })
@@ -148,6 +151,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         consumers,
         publishUpstream: upstream,
         metrics,
+        rpc,
       })
       const opsAddr = await listen(ops, config.ops.host, config.ops.port)
       const apiAddr = await listen(api, config.api.host, config.api.port)
@@ -177,6 +181,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         const drained = await publisher.drain(confirmWait)
         if (!drained) log.warn({ held: buffer.snapshot(), waitedMs: confirmWait }, 'messages still unconfirmed at shutdown; they are answered 504 or logged')
         await step('close the publisher', publisher.close())
+        await step('answer waiting requests', rpc.close())
         // Leases not acked within the drain are requeued (nack requeue=true), never dead-lettered.
         await step('requeue leases and close consumers', consumers.close())
         await step('close the API listener', api?.close() ?? Promise.resolve())
