@@ -18,6 +18,7 @@ import { SecretRegistry } from './observe/redact.js'
 import { PublishBuffer } from './publish/buffer.js'
 import { Publisher } from './publish/publisher.js'
 import { RpcClient } from './rpc/client.js'
+import { Replayer } from './replay/replayer.js'
 import { Upstream } from './upstream/connection.js'
 import { detectIdleTimeout, diagnose } from './upstream/diagnosis.js'
 
@@ -67,6 +68,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
   // Consumers get their own connection: a memory alarm blocks the publishing one, and must not block acks.
   const consumeUpstream = new Upstream('consume', config, log, metrics, secrets)
   const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics, secrets })
+  const replayer = new Replayer({ publishUpstream: upstream, consumeUpstream, allowedExchanges: config.publish.allowedExchanges, metrics, log })
 
   let state: SidecarState = 'created'
   let api: FastifyInstance | undefined
@@ -152,6 +154,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         publishUpstream: upstream,
         metrics,
         rpc,
+        replayer,
       })
       const opsAddr = await listen(ops, config.ops.host, config.ops.port)
       const apiAddr = await listen(api, config.api.host, config.api.port)

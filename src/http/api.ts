@@ -21,6 +21,8 @@ import { ackRoutes } from './routes/ack.js'
 import { wsRoutes } from './ws.js'
 import { rpcRoutes } from './routes/rpc.js'
 import type { RpcClient } from '../rpc/client.js'
+import { replayRoutes } from './routes/replay.js'
+import type { Replayer } from '../replay/replayer.js'
 import type { Consumers } from '../consume/consumers.js'
 import type { Metrics } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
@@ -41,6 +43,8 @@ export interface ApiDeps extends PublishRouteDeps {
   metrics?: Metrics
   /** Request/reply (POST /v1/rpc, WebSocket rpc); without it those are not served. */
   rpc?: RpcClient
+  /** Dead-letter replay; needs consumers (the allow-list) too. */
+  replayer?: Replayer
 }
 
 export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
@@ -70,6 +74,7 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
     const { consumers, publishUpstream, metrics } = deps
     await app.register(pullRoutes, { consumers })
     await app.register(ackRoutes, { consumers })
+    if (deps.replayer) await app.register(replayRoutes, { consumers, replayer: deps.replayer, defaultTimeoutMs: deps.defaults.timeoutMs })
     await app.register(wsRoutes, { consumers, publishUpstream, metrics, publisher: deps.publisher, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes, log: deps.log, rpc: deps.rpc })
   }
   return app
