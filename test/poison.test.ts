@@ -10,6 +10,7 @@ import t from 'tap'
 import { loadConfig } from '../src/config/index.js'
 import { directAmqp } from './fixtures/amqp.js'
 import { metric } from './fixtures/faults.js'
+import { startFaultProxy } from './fixtures/fault-proxy.js'
 import { errorCode, request } from './fixtures/http.js'
 import { SHARED_BROKER_URL, startSidecar } from './fixtures/sidecar.js'
 import { waitFor } from './fixtures/wait.js'
@@ -144,4 +145,44 @@ t.test('replay: a message whose route is gone stays in the dead-letter queue (un
   t.equal(`${missing.status} ${errorCode(missing)}`, '404 QUEUE_NOT_FOUND')
   const bad = await post(`/v1/queues/${dlq}/replay?max=0`)
   t.equal(`${bad.status} ${errorCode(bad)}`, '400 INVALID_REQUEST')
+})
+
+t.test('replay under a connection reset: every message is still in the dead-letter queue or back in its own (never lost)', async (t) => {
+  const n = 300
+  const qsrc = amqp.name('poison-src')
+  const dlq2 = amqp.name('poison-dlq2')
+  const ch = await amqp.channel()
+  await ch.assertQueue(dlq2, { durable: false })
+  await ch.assertQueue(qsrc, { durable: false, arguments: { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': dlq2 } })
+  for (let i = 0; i < n; i++) ch.sendToQueue(qsrc, Buffer.from(`m${i}`), { messageId: `r-${i}` })
+  await waitFor(async () => (await amqp.depth(qsrc)) === n, { timeoutMs: 15_000, what: `${n} messages in the source queue` })
+  for (let i = 0; i < n; i++) {
+    const m = await ch.get(qsrc, { noAck: false })
+    if (m !== false) ch.nack(m, false, false)
+  }
+  await waitFor(async () => (await amqp.depth(dlq2)) === n, { timeoutMs: 15_000, what: `${n} dead-lettered messages` })
+
+  const shared = new URL(SHARED_BROKER_URL)
+  const proxy = await startFaultProxy({ upstreamHost: shared.hostname, upstreamPort: Number(shared.port || 5672) })
+  t.teardown(() => proxy.close())
+  const via = new URL(SHARED_BROKER_URL)
+  via.port = String(proxy.port)
+  const behind = await startSidecar(t, { amqp: { urls: [via.toString()] }, log: { level: 'info' } })
+  await waitFor(async () => (await fetch(`${behind.ops}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the proxied sidecar ready' })
+
+  const pending = request(behind.api, `/v1/queues/${dlq2}/replay?max=1000`, { method: 'POST', headers: { 'x-timeout-ms': '60000' }, timeoutMs: 90_000 })
+  await waitFor(async () => (await amqp.depth(qsrc)) > 0, { timeoutMs: 30_000, what: 'the replay under way' })
+  proxy.resetPeers('client')
+  const res = await pending
+  const body = res.json as { replayed?: number; stopped?: string }
+  t.ok(res.status === 200 || (res.status === 503 && errorCode(res) === 'UPSTREAM_UNAVAILABLE'), `a documented answer (${res.status} ${res.text})`)
+  t.comment(`replay answered ${res.status}: replayed ${body.replayed}, stopped ${body.stopped}`)
+
+  // Once the broker has requeued what the dead channels held, every id is in one queue or the other.
+  await waitFor(async () => (await amqp.depth(dlq2)) + (await amqp.depth(qsrc)) >= n, { timeoutMs: 30_000, what: 'unacked messages requeued' })
+  const ids = [...(await amqp.drain(dlq2)), ...(await amqp.drain(qsrc))].map((m) => String(m.properties.messageId))
+  const missing = Array.from({ length: n }, (_, i) => `r-${i}`).filter((id) => !ids.includes(id))
+  t.same(missing, [], 'no message lost')
+  const duplicates = ids.length - new Set(ids).size
+  t.ok(duplicates <= 1, `at most the one message in flight at the reset is duplicated (${duplicates})`)
 })

@@ -34,6 +34,8 @@ export interface ReplayResult {
   replayed: number
   skipped: number
   skippedByReason: Partial<Record<ReplaySkip, number>>
+  /** Why it stopped: max messages examined, queue empty, deadline, a copy left unconfirmed, or a connection lost. */
+  stopped: 'max' | 'empty' | 'deadline' | 'unconfirmed' | 'connection-lost'
 }
 
 export interface ReplayerDeps {
@@ -63,18 +65,24 @@ export class Replayer {
     const pubConn = publishUpstream.connection
     if (!getConn || !pubConn) throw new SidecarError('UPSTREAM_UNAVAILABLE', `Replay needs both broker connections (publish ${publishUpstream.state}, consume ${consumeUpstream.state})`)
     const until = Date.now() + deadlineMs
-    const result: ReplayResult = { queue, examined: 0, replayed: 0, skipped: 0, skippedByReason: {} }
-    const getCh = await openChannel(getConn, false)
+    const result: ReplayResult = { queue, examined: 0, replayed: 0, skipped: 0, skippedByReason: {}, stopped: 'max' }
+    const getCh = await openChannel(getConn, false).catch((err: unknown) => {
+      throw new SidecarError('UPSTREAM_UNAVAILABLE', 'The consume connection failed while the replay started', { cause: err })
+    })
     const held: GetMessage[] = []
     let pubCh: ConfirmChannel | undefined
     try {
       try {
         await getCh.checkQueue(queue)
       } catch (err) {
-        if (channelErrorCode(err) === 404) throw new SidecarError('QUEUE_NOT_FOUND', `The broker has no queue "${queue}"`)
-        throw err
+        const code = channelErrorCode(err)
+        if (code === 404) throw new SidecarError('QUEUE_NOT_FOUND', `The broker has no queue "${queue}"`)
+        if (code === 403) throw new SidecarError('FORBIDDEN', `The broker refused access to queue "${queue}"`, { cause: err })
+        throw new SidecarError('UPSTREAM_UNAVAILABLE', 'The consume connection failed while the replay started', { cause: err })
       }
-      pubCh = (await openChannel(pubConn, true)) as ConfirmChannel
+      pubCh = (await openChannel(pubConn, true).catch((err: unknown) => {
+        throw new SidecarError('UPSTREAM_UNAVAILABLE', 'The publish connection failed while the replay started', { cause: err })
+      })) as ConfirmChannel
       const publisher = new ReplayChannel(pubCh)
       const skip = (m: GetMessage, reason: ReplaySkip) => {
         held.push(m)
@@ -82,9 +90,25 @@ export class Replayer {
         result.skippedByReason[reason] = (result.skippedByReason[reason] ?? 0) + 1
         this.deps.metrics.replayed.inc({ outcome: reason })
       }
-      while (result.examined < max && Date.now() < until) {
-        const m = await getCh.get(queue, { noAck: false })
-        if (m === false) break
+      for (;;) {
+        if (result.examined >= max) break
+        if (Date.now() >= until) {
+          result.stopped = 'deadline'
+          break
+        }
+        let m: GetMessage | false
+        try {
+          m = await getCh.get(queue, { noAck: false })
+        } catch (err) {
+          // The consume connection (or this channel) went away: what was not acked is back in the queue.
+          this.#log.warn({ err: (err as Error).message }, 'dead-letter replay interrupted')
+          result.stopped = 'connection-lost'
+          break
+        }
+        if (m === false) {
+          result.stopped = 'empty'
+          break
+        }
         result.examined++
         const origin = originOf(m.properties.headers)
         if ('skip' in origin) {
@@ -97,7 +121,14 @@ export class Replayer {
           continue
         }
         // A publish to a missing exchange would close the channel: check first.
-        if (!(await this.#exchanges.exists(pubConn, origin.exchange))) {
+        const exists = await this.#exchanges.exists(pubConn, origin.exchange).catch(() => undefined)
+        if (exists === undefined) {
+          // The publish connection is failing: hand this one back and stop.
+          held.push(m)
+          result.stopped = 'connection-lost'
+          break
+        }
+        if (!exists) {
           skip(m, 'exchange-not-found')
           continue
         }
@@ -105,7 +136,10 @@ export class Replayer {
         if (outcome !== 'confirmed') {
           skip(m, outcome)
           // No confirm: the channel may be broken; stop here and answer what was done.
-          if (outcome === 'unconfirmed') break
+          if (outcome === 'unconfirmed') {
+            result.stopped = 'unconfirmed'
+            break
+          }
           continue
         }
         // Only now: the broker has taken responsibility for the copy.

@@ -24,7 +24,7 @@ const SKIP_REASONS = ['no-x-death', 'no-origin', 'exchange-not-allowed', 'exchan
 
 export const replayResultSchema = {
   type: 'object',
-  required: ['queue', 'examined', 'replayed', 'skipped', 'skippedByReason'],
+  required: ['queue', 'examined', 'replayed', 'skipped', 'skippedByReason', 'stopped'],
   additionalProperties: true,
   properties: {
     queue: { type: 'string' },
@@ -35,6 +35,11 @@ export const replayResultSchema = {
       type: 'object',
       description: `Skipped messages by reason: ${SKIP_REASONS.join(', ')}`,
       additionalProperties: { type: 'integer' },
+    },
+    stopped: {
+      type: 'string',
+      enum: ['max', 'empty', 'deadline', 'unconfirmed', 'connection-lost'],
+      description: 'Why it stopped; after unconfirmed or connection-lost, call again once the link is back',
     },
   },
 } as const
