@@ -49,6 +49,8 @@ export interface ReplayerDeps {
 type Confirmed = 'confirmed' | 'unroutable' | 'nacked' | 'unconfirmed'
 
 const noop = () => {}
+/** How long closing the replay's two channels may take. */
+const CLOSE_DEADLINE_MS = 2_000
 
 export class Replayer {
   readonly #exchanges = new ExchangeRegistry()
@@ -66,22 +68,29 @@ export class Replayer {
     if (!getConn || !pubConn) throw new SidecarError('UPSTREAM_UNAVAILABLE', `Replay needs both broker connections (publish ${publishUpstream.state}, consume ${consumeUpstream.state})`)
     const until = Date.now() + deadlineMs
     const result: ReplayResult = { queue, examined: 0, replayed: 0, skipped: 0, skippedByReason: {}, stopped: 'max' }
-    const getCh = await openChannel(getConn, false).catch((err: unknown) => {
-      throw new SidecarError('UPSTREAM_UNAVAILABLE', 'The consume connection failed while the replay started', { cause: err })
+    // Every wait on the broker is bounded by the request's deadline: a half-dead link must not hold the call.
+    const within = async <T>(work: Promise<T>, what: string): Promise<T> => {
+      const v = await withDeadline(work, Math.max(0, until - Date.now()))
+      if (v === TIMED_OUT) throw new SidecarError('UPSTREAM_UNAVAILABLE', `${what} did not answer before the deadline`)
+      return v
+    }
+    const getCh = await within(openChannel(getConn, false), 'the consume connection').catch((err: unknown) => {
+      throw err instanceof SidecarError ? err : new SidecarError('UPSTREAM_UNAVAILABLE', 'The consume connection failed while the replay started', { cause: err })
     })
     const held: GetMessage[] = []
     let pubCh: ConfirmChannel | undefined
     try {
       try {
-        await getCh.checkQueue(queue)
+        await within(getCh.checkQueue(queue), 'the queue check')
       } catch (err) {
+        if (err instanceof SidecarError) throw err
         const code = channelErrorCode(err)
         if (code === 404) throw new SidecarError('QUEUE_NOT_FOUND', `The broker has no queue "${queue}"`)
         if (code === 403) throw new SidecarError('FORBIDDEN', `The broker refused access to queue "${queue}"`, { cause: err })
         throw new SidecarError('UPSTREAM_UNAVAILABLE', 'The consume connection failed while the replay started', { cause: err })
       }
-      pubCh = (await openChannel(pubConn, true).catch((err: unknown) => {
-        throw new SidecarError('UPSTREAM_UNAVAILABLE', 'The publish connection failed while the replay started', { cause: err })
+      pubCh = (await within(openChannel(pubConn, true), 'the publish connection').catch((err: unknown) => {
+        throw err instanceof SidecarError ? err : new SidecarError('UPSTREAM_UNAVAILABLE', 'The publish connection failed while the replay started', { cause: err })
       })) as ConfirmChannel
       const publisher = new ReplayChannel(pubCh)
       const skip = (m: GetMessage, reason: ReplaySkip) => {
@@ -96,13 +105,18 @@ export class Replayer {
           result.stopped = 'deadline'
           break
         }
-        let m: GetMessage | false
+        let m: GetMessage | false | typeof TIMED_OUT
         try {
-          m = await getCh.get(queue, { noAck: false })
+          m = await withDeadline(getCh.get(queue, { noAck: false }), Math.max(0, until - Date.now()))
         } catch (err) {
           // The consume connection (or this channel) went away: what was not acked is back in the queue.
           this.#log.warn({ err: (err as Error).message }, 'dead-letter replay interrupted')
           result.stopped = 'connection-lost'
+          break
+        }
+        if (m === TIMED_OUT) {
+          // A get answered after this would be requeued by the channel's close.
+          result.stopped = 'deadline'
           break
         }
         if (m === false) {
@@ -121,7 +135,12 @@ export class Replayer {
           continue
         }
         // A publish to a missing exchange would close the channel: check first.
-        const exists = await this.#exchanges.exists(pubConn, origin.exchange).catch(() => undefined)
+        const exists = await withDeadline(this.#exchanges.exists(pubConn, origin.exchange), Math.max(0, until - Date.now())).catch(() => undefined)
+        if (exists === TIMED_OUT) {
+          held.push(m)
+          result.stopped = 'deadline'
+          break
+        }
         if (exists === undefined) {
           // The publish connection is failing: hand this one back and stop.
           held.push(m)
@@ -160,7 +179,8 @@ export class Replayer {
           // The channel is gone: the broker has requeued them already.
         }
       }
-      await Promise.all([getCh.close().catch(noop), pubCh?.close().catch(noop)])
+      // Bounded: on a half-dead link a channel close can wait for a CloseOk that never comes.
+      await withDeadline(Promise.all([getCh.close().catch(noop), pubCh?.close().catch(noop)]), CLOSE_DEADLINE_MS)
     }
     this.#log.info(result, 'dead-letter replay')
     return result
