@@ -85,6 +85,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       buffer: buffer.snapshot(),
       consumeUpstream: consumeUpstream.status(),
       consumers: consumers.status(),
+      rpc: { outstanding: rpc.outstanding, maxOutstanding: config.rpc.maxOutstanding },
       diagnosis: diagnose({
         state: up.state,
         heartbeatSeconds: up.heartbeatSeconds ?? upstream.heartbeatSeconds,

@@ -147,16 +147,25 @@ export class RpcClient {
       // The connection died meanwhile: 'ready' opens it again after the reconnect.
       this.#log.debug({ err: (err as Error).message }, 'could not open the request/reply channel')
       if (slot?.open) await slot.channel.close().catch(() => {})
-      return
-    } finally {
       this.#opening = false
+      this.#catchUp(connection)
+      return
     }
+    this.#opening = false
+    this.#catchUp(connection)
     if (this.#closed) {
       await slot.channel.close().catch(() => {})
       return
     }
+    if (!slot.open) return // closed while opening; #onClose or a newer 'ready' takes it from here
     this.#slot = slot
     void this.#write()
+  }
+
+  /** A 'ready' for a newer connection that came while this open was in flight was skipped: serve it now. */
+  #catchUp(opened: ChannelModel): void {
+    const current = this.upstream.connection
+    if (current && current !== opened && !this.#closed) void this.#open(current)
   }
 
   async #write(): Promise<void> {
