@@ -162,7 +162,7 @@ t.test('past rpc.maxOutstanding waiting requests: 503 RPC_BUSY with Retry-After'
   t.equal(await metric(small.ops, 'amqp_sidecar_rpc_outstanding'), 0)
 })
 
-t.test('the link drops while a request waits: 504 RPC_OUTCOME_UNKNOWN at once, and the next request works', async (t) => {
+t.test('the link drops while a request waits: 504 RPC_OUTCOME_UNKNOWN at once; the next request works; one sent during an outage waits for the reconnect', async (t) => {
   const shared = new URL(SHARED_BROKER_URL)
   const proxy = await startFaultProxy({ upstreamHost: shared.hostname, upstreamPort: Number(shared.port || 5672) })
   t.teardown(() => proxy.close())
@@ -184,4 +184,13 @@ t.test('the link drops while a request waits: 504 RPC_OUTCOME_UNKNOWN at once, a
   await responder(t, behind.api, qReset)
   const again = await request(behind.api, `/v1/rpc/amq.default/${qReset}`, { method: 'POST', body: 'again', headers: { 'x-timeout-ms': '20000' }, timeoutMs: 30_000 })
   t.equal(`${again.status} ${again.text}`, '200 echo:again')
+
+  // A request that comes while the link is down waits for the reconnect, within its deadline.
+  await proxy.setDown(true)
+  await waitFor(() => behind.sidecar.upstream.state === 'reconnecting', { timeoutMs: 15_000, what: 'the sidecar to notice the outage' })
+  const during = request(behind.api, `/v1/rpc/amq.default/${qReset}`, { method: 'POST', body: 'during the outage', headers: { 'x-timeout-ms': '60000' }, timeoutMs: 90_000 })
+  await waitFor(async () => (await metric(behind.ops, 'amqp_sidecar_rpc_outstanding')) === 1, { timeoutMs: 10_000, what: 'the request waiting in the sidecar' })
+  await proxy.setDown(false)
+  const late = await during
+  t.equal(`${late.status} ${late.text}`, '200 echo:during the outage', 'sent after the reconnect and answered')
 })
