@@ -114,6 +114,14 @@ export const schema = {
       default: null,
     },
   },
+  rpc: {
+    maxOutstanding: {
+      doc: 'Bound on requests waiting for a reply (POST /v1/rpc, WebSocket rpc); past it a request answers 503 RPC_BUSY.',
+      format: 'integer',
+      default: 1000,
+      min: 1,
+    },
+  },
   topology: {
     exchanges: { doc: 'Exchanges declared on every (re)connect.', format: 'exchange-list', default: [] },
     queues: { doc: 'Queues declared on every (re)connect.', format: 'queue-list', default: [] },

@@ -76,6 +76,7 @@ export interface Config {
     pullIdleMs: number
     pushTokenFile: string | null
   }
+  rpc: { maxOutstanding: number }
   topology: { exchanges: ExchangeDecl[]; queues: QueueDecl[]; bindings: BindingDecl[] }
   shutdown: { drainMs: number }
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' }

@@ -9,6 +9,7 @@ import type { Logger } from '../../observe/logger.js'
 import type { Metrics } from '../../observe/metrics.js'
 import type { PublishDefaults } from '../../publish/message.js'
 import type { Publisher } from '../../publish/publisher.js'
+import type { RpcClient } from '../../rpc/client.js'
 import type { Upstream } from '../../upstream/connection.js'
 import type { Frame } from './frames.js'
 
@@ -27,6 +28,8 @@ export interface WsDeps {
   bodyLimitBytes: number
   log: Logger
   metrics: Metrics
+  /** Request/reply (the rpc op); without it the op answers INVALID_REQUEST. */
+  rpc?: RpcClient | undefined
 }
 
 export interface PeerIO {

@@ -19,6 +19,7 @@ import type { UpstreamState } from '../../upstream/connection.js'
 import { toSidecarError } from '../errors.js'
 import { WS_CLOSE_NOT_READING, type PeerIO, type WsDeps } from './context.js'
 import { parseFrame, type Frame } from './frames.js'
+import { rpcOp } from '../../rpc/ws-op.js'
 import { extendOp, publishOp, settleOp } from './ops.js'
 import { ClientSubscriptions } from './subscriptions.js'
 
@@ -116,6 +117,9 @@ export class WsPeer implements StatusListener, PeerIO {
           return extendOp(this, frame)
         case 'publish':
           return void publishOp(this, frame).catch(fail)
+        case 'rpc':
+          // Request/reply: src/rpc/ws-op.ts does the work; the answer is a reply frame.
+          return void rpcOp(frame, this.deps).then((reply) => this.send(reply), fail)
         case 'ping':
           return this.send({ op: 'pong', ...(id === undefined ? {} : { id }) })
         default:

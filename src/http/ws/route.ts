@@ -3,8 +3,10 @@
  *
  * Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue},
  *   ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, extend {deliveryIds, leaseMs, id?},
- *   publish {id, exchange, routingKey, body, bodyEncoding, properties, headers, mandatory?}, ping.
- * Server ops: message, confirm {id, messageId}, error {id?, code, message},
+ *   publish {id, exchange, routingKey, body, bodyEncoding, properties, headers, mandatory?}, ping,
+ *   rpc {id, exchange, ...} (request/reply: handled by src/rpc/ws-op.ts).
+ * Server ops: message, confirm {id, messageId}, reply {id, body, bodyEncoding, properties},
+ *   error {id?, code, message},
  *   stale {deliveryIds, reason}, status {upstream, ...}, subscribed, unsubscribed,
  *   result {id, deliveryId, result} (only for acks/nacks that carry an id),
  *   extended {id?, results}, pong.
@@ -30,7 +32,7 @@ export async function wsRoutes(app: FastifyInstance, deps: WsDeps): Promise<void
   const doc = {
     summary: 'WebSocket: subscribe, ack, nack, extend and publish over one socket',
     description:
-      'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, extend {deliveryIds, leaseMs, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, ping. Server ops: message, confirm, error, stale, status, subscribed, unsubscribed, result, extended, pong. A client that does not read what it is sent is closed with code 4008. See docs/consuming.md.',
+      'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, extend {deliveryIds, leaseMs, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, rpc {id, exchange, routingKey, body, bodyEncoding, properties, headers, timeoutMs?}, ping. Server ops: message, confirm, reply, error, stale, status, subscribed, unsubscribed, result, extended, pong. A client that does not read what it is sent is closed with code 4008. See docs/consuming.md and docs/api.md.',
   }
   app.route({
     method: 'GET',
