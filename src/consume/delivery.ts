@@ -72,9 +72,9 @@ export function propertiesOf(amqpProperties: object): Record<string, unknown> {
 /** x-delivery-count as a number, when the broker set it (a long header may decode as a bigint). */
 function deliveryCountOf(headers: Record<string, unknown> | undefined): number | undefined {
   const v = headers?.['x-delivery-count']
-  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return v
-  if (typeof v === 'bigint' && v >= 0n) return Number(v)
-  return undefined
+  const n = typeof v === 'number' && Number.isInteger(v) ? v : typeof v === 'bigint' ? Number(v) : undefined
+  // RabbitMQ sends 0 on a first delivery by basic.get (pull) but nothing by basic.consume: one story, absent until a redelivery.
+  return n !== undefined && n > 0 ? n : undefined
 }
 
 /** AMQP header tables may hold byte arrays, 64-bit integers and nested tables: make them JSON. */
