@@ -38,7 +38,7 @@ export const schema = {
     adaptiveHeartbeat: {
       enabled: {
         doc: 'When disconnects show a middlebox cutting idle flows after ~T s, ask for a heartbeat of T/2 s (not below floorSeconds) on the next connection.',
-        format: Boolean,
+        format: 'boolean',
         default: true,
       },
       floorSeconds: { doc: 'The lowest heartbeat adaptation may choose.', format: 'integer', default: 2, min: 1 },
@@ -54,7 +54,7 @@ export const schema = {
       caFile: { doc: 'PEM CA bundle for amqps.', format: 'nullable-string', default: null },
       certFile: { doc: 'PEM client certificate for amqps.', format: 'nullable-string', default: null },
       keyFile: { doc: 'PEM client key for amqps.', format: 'nullable-string', default: null },
-      rejectUnauthorized: { doc: 'Verify the broker certificate.', format: Boolean, default: true },
+      rejectUnauthorized: { doc: 'Verify the broker certificate.', format: 'boolean', default: true },
     },
   },
   api: {
@@ -80,8 +80,8 @@ export const schema = {
     timeoutMs: ms('Default per-request publish deadline (X-Timeout-Ms overrides).', 10000, 1),
     maxBufferedMessages: { doc: 'Bound on queued plus unconfirmed messages.', format: 'integer', default: 10000, min: 1 },
     maxBufferedBytes: { doc: 'Bound on queued plus unconfirmed body bytes.', format: 'integer', default: 67108864, min: 1 },
-    mandatory: { doc: 'Publish with mandatory=true by default (unroutable answers 422).', format: Boolean, default: true },
-    persistent: { doc: 'Publish persistent messages by default.', format: Boolean, default: true },
+    mandatory: { doc: 'Publish with mandatory=true by default (unroutable answers 422).', format: 'boolean', default: true },
+    persistent: { doc: 'Publish persistent messages by default.', format: 'boolean', default: true },
     allowedExchanges: { doc: 'Exchanges apps may publish to. null: any.', format: 'nullable-name-list', default: null },
   },
   consume: {
