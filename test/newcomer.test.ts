@@ -7,7 +7,8 @@
  * passes SIGTERM through instead of orphaning the sidecar.
  */
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { connect, createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -15,6 +16,7 @@ import { createInterface } from 'node:readline'
 import t, { type Test } from 'tap'
 import { ConfigError, loadConfig } from '../src/config/index.js'
 import { ensureBuilt, ROOT } from './fixtures/dist.js'
+import { startSidecar } from './fixtures/sidecar.js'
 import { waitFor, waitForEvent } from './fixtures/wait.js'
 
 const MAIN = ensureBuilt()
@@ -148,4 +150,65 @@ t.test('`npm start` passes SIGTERM to the sidecar: nothing is left holding the p
     { timeoutMs: 30_000, what: `port ${port} to be released (the sidecar gone, not orphaned)` },
   )
   t.ok(refused, 'the API port is closed: the sidecar exited with npm')
+})
+
+t.test('an envelope with an unknown key is refused naming the key', async (t) => {
+  const s = await startSidecar(t, { amqp: { urls: [NOWHERE] }, log: { level: 'silent' } })
+  const cases: [unknown, string][] = [
+    [{ exchange: 'x', mandatroy: true }, 'body has an unknown key "mandatroy"'],
+    [[{ exchange: 'x' }, { exchange: 'x', bodyy: 1 }], 'body/1 has an unknown key "bodyy"'],
+    [{ exchange: 'x', properties: { messageid: 'a' } }, 'body/properties has an unknown key "messageid"'],
+    [{ routingKey: 'k' }, 'body needs "exchange"'],
+    [{ exchange: 'x', bodyEncoding: 'hex' }, 'body/bodyEncoding must be one of "utf8", "base64", "json"'],
+    ['just a string', 'body must be object or array'],
+  ]
+  for (const [body, message] of cases) {
+    const res = await fetch(`${s.api}/v1/publish`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    t.equal(res.status, 400)
+    t.same(await res.json(), { error: { code: 'INVALID_REQUEST', message } }, message)
+  }
+})
+
+t.test('gauges documented with "0: none" have a sample from the start, before any connection', async (t) => {
+  const s = await startSidecar(t, { amqp: { urls: [NOWHERE] }, log: { level: 'silent' } })
+  const text = await (await fetch(`${s.ops}/metrics`)).text()
+  for (const connection of ['publish', 'consume']) {
+    for (const name of ['amqp_sidecar_upstream_idle_timeout_detected_seconds', 'amqp_sidecar_upstream_connected', 'amqp_sidecar_upstream_blocked']) {
+      t.match(text, `\n${name}{connection="${connection}"} 0\n`, `${name}{connection="${connection}"} 0`)
+    }
+  }
+})
+
+t.test('the docs/api.md status sample shows every field /v1/status has', async (t) => {
+  const s = await startSidecar(t, { log: { level: 'silent' } })
+  const status = (await (await fetch(`${s.api}/v1/status`)).json()) as Record<string, unknown>
+  const doc = readFileSync(join(ROOT, 'docs', 'api.md'), 'utf8')
+  const sampleText = /`GET \/v1\/status`[^\n]*\n\n```json\n([\s\S]*?)```/.exec(doc)?.[1]
+  if (!sampleText) throw new Error('no status sample in docs/api.md')
+  const sample = JSON.parse(sampleText) as Record<string, unknown>
+  const keys = (o: unknown) => Object.keys(o as object).sort()
+  t.same(keys(sample), keys(status), 'top-level fields')
+  for (const part of ['sidecar', 'upstream', 'consumeUpstream', 'buffer', 'consumers']) {
+    t.same(keys(sample[part]), keys(status[part]), `${part} fields`)
+  }
+})
+
+t.test('docs/consuming.md: the WebSocket snippet handles errors', async (t) => {
+  const doc = readFileSync(join(ROOT, 'docs', 'consuming.md'), 'utf8')
+  const snippet = /```js\n([\s\S]*?new WebSocket[\s\S]*?)```/.exec(doc)?.[1] ?? ''
+  t.match(snippet, /ws\.on\('error', /, 'an error listener (a ws without one throws on a refused connection)')
+})
+
+t.test('logs say that the topology was declared and that the connections closed', async (t) => {
+  const queue = `newcomer.${randomBytes(4).toString('hex')}`
+  const s = await startSidecar(t, { topology: { queues: [{ name: queue, durable: false, arguments: { 'x-expires': 60_000 } }] }, log: { level: 'info' } })
+  await waitFor(async () => (await fetch(`${s.ops}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'readiness' })
+  const parsed = () => s.logs.map((l) => JSON.parse(l) as { msg: string; connection?: string; queues?: number })
+  t.same(
+    parsed().filter((l) => l.msg === 'topology declared').map((l) => [l.connection, l.queues]).sort(),
+    [['consume', 1], ['publish', 1]],
+    'topology declared, on each connection',
+  )
+  await s.stop()
+  t.same(parsed().filter((l) => l.msg === 'AMQP connection closed').map((l) => l.connection).sort(), ['consume', 'publish'], 'both connections closed cleanly')
 })
