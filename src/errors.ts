@@ -27,6 +27,7 @@ export const ERROR_CODES = {
   BUFFER_FULL: { status: 503, message: 'The publish buffer is full', retryAfterSeconds: 1 },
   UPSTREAM_BLOCKED: { status: 503, message: 'The broker has blocked publishing (resource alarm)', retryAfterSeconds: 5 },
   SHUTTING_DOWN: { status: 503, message: 'The sidecar is shutting down', retryAfterSeconds: 1 },
+  TOO_MANY_CONNECTIONS: { status: 503, message: 'The API has api.maxConnections connections open; this one is closed', retryAfterSeconds: 1 },
   PUBLISH_OUTCOME_UNKNOWN: { status: 504, message: 'The outcome of the publish is unknown; retry with the same X-Message-Id' },
   INTERNAL: { status: 500, message: 'Internal error' },
 } as const satisfies Record<string, { status: number; message: string; retryAfterSeconds?: number }>

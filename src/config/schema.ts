@@ -71,6 +71,11 @@ export const schema = {
     headersTimeoutMs: ms('Deadline for a client to send the complete request head, from connect (slowloris); answered 408.', 10000, 1),
     requestTimeoutMs: ms('Deadline for a client to send the complete request, head and body (slow uploads); answered 408. Waiting for the response does not count.', 60000, 1),
     keepAliveTimeoutMs: ms('How long an idle keep-alive connection is kept open between requests.', 65000, 1),
+    maxConnections: {
+      doc: 'Most connections the API listener holds at once (keep-alive and WebSocket included). One over it is answered 503 TOO_MANY_CONNECTIONS and closed. 0: no cap.',
+      format: 'integer',
+      default: 0,
+    },
   },
   ops: {
     host: { doc: 'Operations listener address (/livez, /readyz, /metrics).', format: String, default: '0.0.0.0' },

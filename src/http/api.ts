@@ -9,7 +9,7 @@ import { serverLogging } from './server-options.js'
 import { installErrorHandling, sendError } from './errors.js'
 import { installValidation } from './validation.js'
 import { installGuard } from './guard.js'
-import { serverLimits } from './limits.js'
+import { capConnections, serverLimits } from './limits.js'
 import { ApiToken } from './token.js'
 import type { SidecarConfig } from '../config/index.js'
 import type { SecretRegistry } from '../observe/redact.js'
@@ -52,6 +52,8 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
   })
   installErrorHandling(app, deps.log)
   installValidation(app)
+  // Before the guard: a request on a connection over api.maxConnections is not served at all.
+  capConnections(app, deps.api.maxConnections, deps.log)
   // First hook: Origin/Host/token checks run before anything else, WebSocket upgrades included.
   installGuard(app, { allowedHosts: deps.api.allowedHosts, apiHost: deps.api.host, token })
   app.addHook('onRequest', async (_req, reply) => {
