@@ -42,7 +42,7 @@ t.test('a smoke run produces well-formed results', async (t) => {
   t.ok(results.machine.nproc >= 1 && results.machine.rabbitmq !== 'unknown', 'the machine and broker are described')
 
   const byId = new Map(results.cases.map((c) => [c.id, c]))
-  t.same([...byId.keys()], ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar'])
+  t.same([...byId.keys()], ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar', 'j.memory', 'j.spool'])
   for (const id of ['e', 'f']) t.match(byId.get(id)?.skipped, /plugins/, `${id} is skipped, and says why`)
   for (const c of results.cases) {
     if (c.skipped !== undefined) {
@@ -62,7 +62,7 @@ t.test('a smoke run produces well-formed results', async (t) => {
   t.ok(lat.reps[0] && lat.reps[0].direct.count > 0 && lat.reps[0].sidecar.count > 0, 'latencies were recorded on both sides')
   t.type(lat.added?.p99, 'number')
   t.ok((results.resources.idleRssMB ?? 0) > 0, 'idle RSS was read from /proc')
-  t.equal(results.targets.length, 8)
+  t.equal(results.targets.length, 9)
   for (const target of results.targets) t.ok(target.pass === null || typeof target.pass === 'boolean', `target ${target.id} is evaluated`)
 
   const file = join(dir, 'results.json')
