@@ -100,9 +100,10 @@ t.test('a memory alarm blocks publishing, not acks (separate consume connection)
   await connected('connected')
   await put(qAlarm, ['before-alarm'])
   await waitFor(async () => (await amqp.depth(qAlarm)) === 1, { timeoutMs: 5000, what: 'the message queued' })
-  await broker.setMemoryAlarm(true)
+  // Registered before raising it: a raise that times out may still be in effect.
   let alarmOn = true
   t.teardown(() => (alarmOn ? broker.setMemoryAlarm(false) : undefined))
+  await broker.setMemoryAlarm(true)
   // The publishing connection is blocked once it publishes; nudge it.
   const nudge = fetch(`${sc.api}/v1/publish/amq.default/${qAlarm}`, { method: 'POST', body: 'nudge', headers: { 'x-timeout-ms': '1000' } }).catch(() => undefined)
   await waitFor(() => sc.sidecar.upstream.state === 'blocked', { timeoutMs: 15_000, what: 'the publish connection blocked' })

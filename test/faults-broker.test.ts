@@ -79,6 +79,9 @@ t.test('row 2: broker restart (stop_app / start_app) backs off on ECONNREFUSED w
   const stream = publishStream(t, target, { prefix: 'r2', deadlineMs: DEADLINE_MS })
   await stream.advance(5)
   const failuresBefore = await metric(sc.ops, 'amqp_sidecar_upstream_connect_failures_total', 'connection="publish",cause="econnrefused"')
+  // Undone even if the row fails, so no later row finds the broker stopped.
+  let appDown = true
+  t.teardown(() => (appDown ? broker.startApp() : undefined))
   await broker.stopApp()
   const downAt = Date.now()
   await waitFor(async () => (await readyzStatus(sc.ops)) === 503, { timeoutMs: 15_000, what: 'readiness 503 while the broker is down' })
@@ -105,6 +108,7 @@ t.test('row 2: broker restart (stop_app / start_app) backs off on ECONNREFUSED w
 
   const upAt = Date.now()
   await broker.startApp()
+  appDown = false
   await ready('ready after start_app')
   t.comment(`row 2: ready ${Date.now() - upAt} ms after start_app returned`)
   await stream.advance(5)
@@ -156,6 +160,8 @@ t.test('rows 3 + 21: broker crash (kill -9) — unconfirmed publishes answer 504
   await stream.advance(10)
   await foStream.advance(10)
 
+  let crashed = true
+  t.teardown(() => (crashed ? broker.start() : undefined))
   await broker.kill9()
   const killedAt = Date.now()
   // Row 21: on B within the backoff cap (+ a connect and generous slack).
@@ -174,6 +180,7 @@ t.test('rows 3 + 21: broker crash (kill -9) — unconfirmed publishes answer 504
   await stream.advance(6)
   const restartAt = Date.now()
   await broker.start()
+  crashed = false
   await ready('ready after the crashed node restarted')
   t.comment(`row 3: ready ${Date.now() - restartAt} ms after the node was started again`)
   await stream.advance(5)

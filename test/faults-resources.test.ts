@@ -17,7 +17,12 @@ import { waitFor } from './fixtures/wait.js'
 const DEADLINE_MS = 2_000
 const MAX_BUFFER = 20
 const MAX_BACKOFF_MS = 1_000
+// Waits sized for a busy 2-core machine shared with other runs (a rabbitmqctl
+// call alone has taken over 10 s there).
+const BUSY_TIMEOUT_MS = 60_000
 
+// Five rows against one node, each with several rabbitmqctl calls: minutes on a busy machine.
+t.setTimeout(15 * 60_000)
 const broker = await brokerFor(t)
 const password = `pw-${randomBytes(16).toString('hex')}`
 await broker.ctl('add_user', 'app', password)
@@ -39,18 +44,21 @@ const target = { api: sc.api, exchange: '', routingKey: q, queue: q }
 const logs = () => sc.logs.join('')
 /** Error bodies seen by the app, for the S check. */
 const errorBodies: string[] = []
-const ready = (what: string) => waitFor(async () => (await readyzStatus(sc.ops)) === 200, { timeoutMs: 30_000, what })
+const ready = (what: string) => waitFor(async () => (await readyzStatus(sc.ops)) === 200, { timeoutMs: BUSY_TIMEOUT_MS, what })
 await ready('the sidecar ready')
 
 async function alarmRow(t: Test, kind: 'memory' | 'disk'): Promise<void> {
   const setAlarm = (on: boolean) => (kind === 'memory' ? broker.setMemoryAlarm(on) : broker.setDiskAlarm(on))
   const stream = publishStream(t, target, { prefix: `alarm-${kind}`, deadlineMs: DEADLINE_MS })
   await stream.advance(10)
-  await setAlarm(true)
+  // Registered before raising it: if raising (or seeing it raised) fails or
+  // times out on a busy machine, the alarm may be up anyway and must not
+  // leak into the rows after this one.
   t.teardown(() => setAlarm(false))
+  await setAlarm(true)
   const alarmAt = Date.now()
   // The stream itself nudges the broker: RabbitMQ blocks a connection when it next publishes.
-  await waitFor(async () => (await getStatus(sc.api)).upstream.state === 'blocked', { timeoutMs: 20_000, what: 'the publish connection blocked' })
+  await waitFor(async () => (await getStatus(sc.api)).upstream.state === 'blocked', { timeoutMs: BUSY_TIMEOUT_MS, what: 'the publish connection blocked' })
   t.comment(`row ${kind === 'memory' ? 9 : 10}: blocked ${Date.now() - alarmAt} ms after the alarm was raised`)
   // While blocked: readiness 503 with the reason, the buffer never above its bound, publishes refused 503.
   const maxHeld: number[] = []
@@ -59,7 +67,7 @@ async function alarmRow(t: Test, kind: 'memory' | 'disk'): Promise<void> {
       maxHeld.push((await getStatus(sc.api)).buffer.messages)
       return maxHeld.length >= 5
     },
-    { timeoutMs: 20_000, intervalMs: 200, what: 'buffer samples while blocked' },
+    { timeoutMs: BUSY_TIMEOUT_MS, intervalMs: 200, what: 'buffer samples while blocked' },
   )
   const readyz = await fetch(`${sc.ops}/readyz`)
   t.equal(readyz.status, 503, 'readiness is 503 while blocked')
@@ -166,14 +174,16 @@ t.test('row 11: ACCESS_REFUSED (password changed, connection forced) — slow re
   const stream = publishStream(t, target, { prefix: 'r11', deadlineMs: DEADLINE_MS })
   await stream.advance(5)
   const failuresBefore = await metric(sc.ops, 'amqp_sidecar_upstream_connect_failures_total', 'connection="publish",cause="access-refused"')
+  // Restored even if the row fails, so no later row meets a refused login.
+  t.teardown(() => broker.changePassword('app', password))
   await broker.changePassword('app', `rotated-${randomBytes(8).toString('hex')}`)
   await broker.closeAllConnections('fault matrix row 11')
   const refusedAt = Date.now()
-  await waitFor(async () => (await getStatus(sc.api)).upstream.lastConnectError?.cause === 'access-refused', { timeoutMs: 20_000, what: 'an access-refused connect error' })
+  await waitFor(async () => (await getStatus(sc.api)).upstream.lastConnectError?.cause === 'access-refused', { timeoutMs: BUSY_TIMEOUT_MS, what: 'an access-refused connect error' })
   // Watch the retry loop for at least 3 s (a measurement window, not a synchronisation):
   // the first retries come fast (100 ms cap, doubling), a hot loop would be hundreds.
   await waitFor(async () => Date.now() - refusedAt >= 3_000 && (await metric(sc.ops, 'amqp_sidecar_upstream_connect_failures_total', 'connection="publish",cause="access-refused"')) - failuresBefore >= 3, {
-    timeoutMs: 30_000,
+    timeoutMs: BUSY_TIMEOUT_MS,
     intervalMs: 250,
     what: 'several refused logins over 3 s',
   })

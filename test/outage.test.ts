@@ -62,6 +62,9 @@ t.test('close_all_connections (320): reconnects, and no publish answered 200 is 
 })
 
 t.test('broker down: deadlines hold, 202 is buffered, the bound answers 503 with Retry-After', async (t) => {
+  // Undone even if the row fails, so the next row never finds the broker stopped.
+  let appDown = true
+  t.teardown(() => (appDown ? broker.startApp() : undefined))
   await broker.stopApp()
   await ready(503)
   const readyz = (await (await fetch(`${sc.ops}/readyz`)).json()) as { reasons: string[] }
@@ -81,6 +84,7 @@ t.test('broker down: deadlines hold, 202 is buffered, the bound answers 503 with
   t.ok(Number(full.retryAfter) >= 1, 'Retry-After is set')
 
   await broker.startApp()
+  appDown = false
   await ready(200)
   const got = await amqp.drainUntil(queue, 5, 15_000)
   t.same(got.map((m) => m.properties.messageId).sort(), ['acc-0', 'acc-1', 'acc-2', 'acc-3', 'acc-4'], 'every 202 was delivered after the reconnect')
@@ -88,6 +92,8 @@ t.test('broker down: deadlines hold, 202 is buffered, the bound answers 503 with
 })
 
 t.test('memory alarm: 503 UPSTREAM_BLOCKED, readiness 503, resumes after unblock', async (t) => {
+  let alarmOn = true
+  t.teardown(() => (alarmOn ? broker.setMemoryAlarm(false) : undefined))
   await broker.setMemoryAlarm(true)
   // RabbitMQ blocks a connection when it next publishes: nudge it with one publish.
   const nudge = await publish('nudge', { 'x-timeout-ms': '1000' })
@@ -99,6 +105,7 @@ t.test('memory alarm: 503 UPSTREAM_BLOCKED, readiness 503, resumes after unblock
   t.ok(blocked.retryAfter, 'Retry-After is set')
   t.equal((await status()).upstream.state, 'blocked')
   await broker.setMemoryAlarm(false)
+  alarmOn = false
   await ready(200)
   const after = await publish('after-alarm')
   t.equal(after.status, 200)

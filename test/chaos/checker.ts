@@ -345,7 +345,7 @@ async function publisherLoop(
 }
 
 /** One WebSocket consumer: subscribes, records and acks every message, resubscribes if the socket drops. */
-class WsConsumer {
+export class WsConsumer {
   stale = 0
   errors: Record<string, number> = {}
   reconnects = 0

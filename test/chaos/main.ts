@@ -16,9 +16,13 @@
  *   --keep             keep the work directory (sidecar log) even on success
  *   --sabotage         negative control: a direct consumer steals messages for 1 s;
  *                      the run must then FAIL with lost > 0
+ *   --cluster          a real 3-node RabbitMQ cluster (root, ip netns) with a quorum
+ *                      queue; faults: kill-own-node, kill-leader, partition-node,
+ *                      memory-alarm, rolling-restart (--faults picks from these)
  */
 import { parseArgs } from 'node:util'
 import { formatReport, runChaos } from './checker.js'
+import { CLUSTER_FAULTS, formatClusterReport, runClusterChaos, type ClusterFault } from './cluster.js'
 import { FAULT_KINDS, isFaultKind, type FaultKind } from './faults.js'
 
 function fail(message: string): never {
@@ -48,11 +52,29 @@ try {
       json: { type: 'boolean' },
       keep: { type: 'boolean' },
       sabotage: { type: 'boolean' },
+      cluster: { type: 'boolean' },
     },
     strict: true,
   }).values
 } catch (err) {
   fail((err as Error).message)
+}
+if (args.cluster) {
+  const seconds = positiveInt('seconds', args.seconds, 300) as number
+  const known = CLUSTER_FAULTS as readonly string[]
+  const faults = args.faults?.split(',').map((f) => f.trim()).map((f) => (known.includes(f) ? (f as ClusterFault) : fail(`unknown cluster fault "${f}"; known: ${known.join(', ')}`)))
+  const log = (line: string) => process.stdout.write(`${line}\n`)
+  log(`chaos --cluster: ${seconds} s of rotating faults; 3-node cluster (quorum queue) <- sidecar process <- HTTP publishers / WebSocket + pull consumers`)
+  try {
+    const report = await runClusterChaos({ seconds, seed: args.seed === undefined ? undefined : Number(args.seed), faults, onProgress: log, keepDir: args.keep === true })
+    log('')
+    log(formatClusterReport(report))
+    if (args.json) log(JSON.stringify(report))
+    process.exit(report.ok ? 0 : 1)
+  } catch (err) {
+    process.stderr.write(`chaos: the run could not complete: ${(err as Error).stack ?? String(err)}\n`)
+    process.exit(2)
+  }
 }
 let faults: FaultKind[] | undefined
 if (args.faults !== undefined) {
