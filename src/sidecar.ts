@@ -18,6 +18,7 @@ import { SecretRegistry } from './observe/redact.js'
 import { PublishBuffer } from './publish/buffer.js'
 import { Publisher } from './publish/publisher.js'
 import { Upstream } from './upstream/connection.js'
+import { OnDemandConnection } from './upstream/on-demand.js'
 import { detectIdleTimeout, diagnose } from './upstream/diagnosis.js'
 
 export type SidecarState = 'created' | 'running' | 'draining' | 'closing' | 'closed'
@@ -36,7 +37,7 @@ export interface Addresses {
 export interface Sidecar {
   readonly state: SidecarState
   readonly upstream: Upstream
-  /** The second connection, for consumers and their acks (see upstream/connection.ts). */
+  /** The connection consumers and their acks use (see upstream/connection.ts): the second one, or `upstream` when consume.connection is "shared". */
   readonly consumeUpstream: Upstream
   readonly consumers: Consumers
   readonly metrics: Metrics
@@ -61,9 +62,12 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
   const upstream = new Upstream('publish', config, log, metrics, secrets)
   const buffer = new PublishBuffer(config.publish.maxBufferedMessages, config.publish.maxBufferedBytes, metrics)
   const publisher = new Publisher(upstream, buffer, metrics, log)
-  // Consumers get their own connection: a memory alarm blocks the publishing one, and must not block acks.
-  const consumeUpstream = new Upstream('consume', config, log, metrics, secrets)
-  const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics, secrets })
+  // Consumers get their own connection (a memory alarm blocks the publishing one, and must not block acks),
+  // unless the operator chose one shared connection; by default it opens only while something consumes.
+  const mode = config.consume.connection
+  const consumeUpstream = mode === 'shared' ? upstream : new Upstream('consume', config, log, metrics, secrets)
+  const onDemand = mode === 'on-demand' ? new OnDemandConnection(consumeUpstream, config.consume.connectionIdleMs, log) : undefined
+  const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics, secrets, ...(onDemand ? { onUsers: (n: number) => onDemand.setUsers(n) } : {}) })
 
   let state: SidecarState = 'created'
   let api: FastifyInstance | undefined
@@ -78,7 +82,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       sidecar: { state, startedAt },
       upstream: up,
       buffer: buffer.snapshot(),
-      consumeUpstream: consumeUpstream.status(),
+      consumeUpstream: mode === 'shared' ? { ...upstream.status(), shared: true } : consumeUpstream.status(),
       consumers: consumers.status(),
       diagnosis: diagnose({
         state: up.state,
@@ -99,8 +103,10 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
     if (upstream.state === 'blocked') reasons.push(`upstream blocked: ${upstream.status().blockedReason}`)
     else if (upstream.state !== 'connected') reasons.push(`upstream ${upstream.state}`)
     if (upstream.topologyError) reasons.push(`topology: ${upstream.topologyError.message}`)
-    // A blocked consume connection still delivers and acks; only a lost one stops consumers.
-    if (consumeUpstream.state !== 'connected' && consumeUpstream.state !== 'blocked') reasons.push(`consume upstream ${consumeUpstream.state}`)
+    // A blocked consume connection still delivers and acks; only a lost one stops consumers. An idle
+    // one (on-demand, nothing consuming) is not needed, so readiness follows the connections that exist.
+    const consumeState = consumeUpstream.state
+    if (consumeUpstream !== upstream && consumeState !== 'idle' && consumeState !== 'connected' && consumeState !== 'blocked') reasons.push(`consume upstream ${consumeState}`)
     if (buffer.full) reasons.push('publish buffer full')
     return { ready: reasons.length === 0, reasons }
   }
@@ -152,7 +158,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       const opsAddr = await listen(ops, config.ops.host, config.ops.port)
       const apiAddr = await listen(api, config.api.host, config.api.port)
       upstream.start()
-      consumeUpstream.start()
+      if (mode === 'always') consumeUpstream.start()
       consumers.start()
       log.info({ api: apiAddr, ops: opsAddr }, 'amqp-sidecar listening')
       return { api: apiAddr, ops: opsAddr }
@@ -180,6 +186,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         // Leases not acked within the drain are requeued (nack requeue=true), never dead-lettered.
         await step('requeue leases and close consumers', consumers.close())
         await step('close the API listener', api?.close() ?? Promise.resolve())
+        onDemand?.close()
         // 3. Close the AMQP connections cleanly (connection.close, not a dropped socket); each has its own deadline.
         await Promise.all([upstream.close(), consumeUpstream.close()])
         await step('close the ops listener', ops?.close() ?? Promise.resolve())

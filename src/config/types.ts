@@ -72,6 +72,8 @@ export interface Config {
     push: PushSubscription[]
     pullIdleMs: number
     pushTokenFile: string | null
+    connection: 'on-demand' | 'always' | 'shared'
+    connectionIdleMs: number
   }
   topology: { exchanges: ExchangeDecl[]; queues: QueueDecl[]; bindings: BindingDecl[] }
   shutdown: { drainMs: number }
