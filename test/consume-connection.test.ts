@@ -7,6 +7,8 @@
  * counted on the broker side (rabbitmqctl list_connections on a private node),
  * by the connection_name each sidecar sends.
  */
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { brokerFor, type PrivateBroker } from './fixtures/broker.js'
 import { directAmqp } from './fixtures/amqp.js'
@@ -103,6 +105,33 @@ t.test('on-demand: readiness reports a consume connection that exists and is dow
   await waitFor(async () => (await readyz(sc.ops)).status === 200, { timeoutMs: 30_000, what: 'ready again once the consume connection is back' })
   t.equal(sc.sidecar.consumeUpstream.state, 'connected')
   await c.close()
+})
+
+t.test('on-demand: a push subscription in the config opens the consume connection at start', async (t) => {
+  const name = `cc-push-${process.pid}`
+  const pushQueue = amqp.name('cc-push')
+  const bodies: string[] = []
+  const app = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      bodies.push(Buffer.concat(chunks).toString())
+      res.writeHead(200).end()
+    })
+  })
+  await new Promise<void>((r) => app.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise<void>((r) => app.close(() => r())))
+  const url = `http://127.0.0.1:${(app.address() as AddressInfo).port}/hook`
+  const sc = await startSidecar(t, {
+    amqp: { urls: [broker.url], connectionName: name },
+    topology: { queues: [{ name: pushQueue, durable: false }] },
+    consume: { connection: 'on-demand', connectionIdleMs: 500, push: [{ queue: pushQueue, url }] },
+  })
+  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'consume,publish', { timeoutMs: 20_000, what: 'both connections for a sidecar with a push subscription' })
+  await amqp.channel().then((ch) => ch.sendToQueue(pushQueue, Buffer.from('pushed')))
+  await waitFor(() => bodies.length > 0, { timeoutMs: 20_000, what: 'the push to the app' })
+  t.match(bodies[0], /pushed/, 'the message was pushed over the consume connection')
+  t.equal((await readyz(sc.ops)).status, 200)
 })
 
 t.test('shared: consumers use the publish connection; the broker never sees a second one', async (t) => {
