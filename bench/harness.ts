@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { startBroker, type PrivateBroker } from '../test/fixtures/broker.js'
 import { directConsume, directPublish, directSession, prefill } from './cases/direct.js'
 import { httpBatch, httpSession, httpSingle, managementPublish } from './cases/http.js'
+import { acceptedPublish, startAcceptedSidecars, type AcceptedSidecars } from './cases/accepted.js'
 import { webStompPublish } from './cases/stomp.js'
 import { wsConsume, wsPublish, wsUnavailable } from './cases/ws.js'
 import { BATCH_CONCURRENCY, BATCH_SIZE, BODY_BYTES, CONSUME_PREFETCH, HTTP_CONCURRENCY, makeBody, PUBLISH_WINDOW, type BenchContext } from './context.js'
@@ -132,6 +133,16 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
       cleanups.push(() => started.stop())
     }
 
+    // (j) has two sidecars of its own: one holds 202s in memory, the other spools them.
+    let accepted: AcceptedSidecars | undefined
+    if (wants('j')) {
+      const cmd = hooks.sidecarCommand ?? { nodeArgs: [], entry: join(REPO_ROOT, 'dist', 'main.js') }
+      progress('starting two sidecars for (j): 202 in memory, 202 spooled')
+      const started = await startAcceptedSidecars(cmd, brokerUrl)
+      accepted = started
+      cleanups.push(() => started.stop())
+    }
+
     const management = broker?.managementPort === undefined ? undefined : { url: `http://127.0.0.1:${broker.managementPort}`, authorization: `Basic ${Buffer.from('guest:guest').toString('base64')}` }
     const webStompUrl = broker?.webStompPort === undefined ? undefined : `ws://127.0.0.1:${broker.webStompPort}/ws`
     const body = makeBody(BODY_BYTES)
@@ -182,6 +193,17 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
         const cpu = c.sidecar ? meter.sidecarCpuPer1000(r.messages) : undefined
         record(c.id, repResult(r, meter, cpu))
         progress(`${tag} ${c.id}. ${fmt(r.rate)} msg/s${r.errors ? ` (${r.errors} errors: ${r.firstError})` : ''}${cpu === undefined ? '' : `, sidecar ${cpu.toFixed(3)} CPU s/1000 msgs`}${coresText(meter)}`)
+      }
+      if (accepted) {
+        for (const [id, sc] of [['j.memory', accepted.memory], ['j.spool', accepted.spool]] as const) {
+          await purge()
+          progress(`${tag} ${id} ...`)
+          const meter = new Meter({ sidecar: sc.pid, broker: broker?.beamPid })
+          const r = await acceptedPublish(ctx, sc, meter.edge)
+          const cpu = meter.sidecarCpuPer1000(r.messages)
+          record(id, repResult(r, meter, cpu))
+          progress(`${tag} ${id}. ${fmt(r.rate)} msg/s${r.errors ? ` (${r.errors} errors: ${r.firstError})` : ''}${cpu === undefined ? "" : `, sidecar ${cpu.toFixed(3)} CPU s/1000 msgs`}${coresText(meter)}`)
+        }
       }
       if (wants('g') && !skipped.has('g')) {
         const n = opts.consumeMessages

@@ -1,6 +1,6 @@
 /** Command-line options of `npm run bench`, with their defaults. */
 
-export const CASE_IDS = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'] as const
+export const CASE_IDS = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'] as const
 export type CaseId = (typeof CASE_IDS)[number]
 
 export interface BenchOptions {

@@ -15,6 +15,7 @@ export const TARGETS = {
   idleRssMB: 60,
   loadRssMB: 90,
   coresPer1000MsgPerSec: 0.15,
+  spoolOverMemory: 0.7,
 } as const
 
 export interface SummaryInput {
@@ -33,6 +34,8 @@ export interface SummaryInput {
 const CONSUME_TITLES: Record<string, string> = {
   'g.direct': `direct amqplib consume + ack, prefetch ${CONSUME_PREFETCH}`,
   'g.sidecar': `sidecar WebSocket consume + ack, prefetch ${CONSUME_PREFETCH}`,
+  'j.memory': `sidecar HTTP 202 (X-Ack: accepted), held in memory, concurrency ${HTTP_CONCURRENCY}`,
+  'j.spool': `sidecar HTTP 202 (X-Ack: accepted), fsynced to the spool, concurrency ${HTTP_CONCURRENCY}`,
 }
 
 /** Median over repetitions of (rate / baseline rate in the same repetition). */
@@ -52,13 +55,13 @@ function nullableMedian(values: Array<number | undefined>): number | null {
 
 export function summarise(input: SummaryInput): BenchResults {
   const { opts, reps, skipped } = input
-  const ids = ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar']
+  const ids = ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar', 'j.memory', 'j.spool']
   const cases: CaseResult[] = []
   for (const id of ids) {
     const caseId = id.split('.')[0] as string
     if (!opts.only.has(caseId as never)) continue
     const rs = reps.get(id) ?? []
-    const baseline = id === 'a' || id === 'g.direct' ? null : id === 'g.sidecar' ? 'g.direct' : 'a'
+    const baseline = id === 'a' || id === 'g.direct' ? null : id === 'g.sidecar' ? 'g.direct' : id === 'j.spool' ? 'j.memory' : 'a'
     const result: CaseResult = {
       id,
       title: input.titles.get(id) ?? CONSUME_TITLES[id] ?? id,
@@ -107,6 +110,7 @@ export function summarise(input: SummaryInput): BenchResults {
     target('g', 'sidecar WebSocket consume vs direct consume', byId.get('g.sidecar')?.ratio, '>=', TARGETS.consumeOverDirect),
     target('b/e', 'sidecar HTTP single publish vs management HTTP API', pairedRatio(reps.get('b'), reps.get('e')), '>=', TARGETS.bOverE),
     target('h.p99', `added p99 latency at ${opts.latencyRate} msg/s (ms)`, latency.added?.p99, '<=', TARGETS.addedP99Ms),
+    target('j', 'spooled 202 vs in-memory 202', byId.get('j.spool')?.ratio, '>=', TARGETS.spoolOverMemory),
     target('i.idle', 'sidecar idle RSS (MB)', resources.idleRssMB, '<=', TARGETS.idleRssMB),
     target('i.load', 'sidecar RSS under load, median of the per-repetition maximum (MB)', resources.loadRssMB, '<=', TARGETS.loadRssMB),
     // Cores per 1,000 msg/s is CPU seconds per 1,000 messages, measured at the fixed rate of (h).

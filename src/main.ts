@@ -71,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
   const log = createLogger({ level: config.log.level, secrets })
   const sidecar = buildSidecar(config, { log, secrets })
   const hardDeadline = config.shutdown.drainMs + config.publish.timeoutMs + SHUTDOWN_SLACK_MS
-  closeWithGrace({ delay: hardDeadline, logger: { error: (m: unknown) => log.error(String(m)) } }, async ({ signal, err }) => {
+  const grace = closeWithGrace({ delay: hardDeadline, logger: { error: (m: unknown) => log.error(String(m)) } }, async ({ signal, err }) => {
     if (err) log.error({ err }, 'fatal error, shutting down')
     else log.info({ signal }, 'signal received')
     await sidecar.shutdown()
@@ -79,7 +79,9 @@ async function main(argv: string[]): Promise<number> {
   try {
     await sidecar.start()
   } catch (err) {
-    log.fatal({ err }, 'could not start (is the port in use?)')
+    log.fatal({ err }, `could not start: ${(err as Error).message}`)
+    // close-with-grace would run its handler on 'beforeExit' and exit 0, as if a signal came.
+    grace.uninstall()
     await sidecar.shutdown({ drainMs: 0 })
     return 1
   }

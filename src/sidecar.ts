@@ -17,6 +17,7 @@ import { createMetrics, type Metrics } from './observe/metrics.js'
 import { SecretRegistry } from './observe/redact.js'
 import { PublishBuffer } from './publish/buffer.js'
 import { Publisher } from './publish/publisher.js'
+import { Spool } from './spool/spool.js'
 import { Upstream } from './upstream/connection.js'
 import { OnDemandConnection } from './upstream/on-demand.js'
 import { detectIdleTimeout, diagnose } from './upstream/diagnosis.js'
@@ -61,7 +62,9 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
 
   const upstream = new Upstream('publish', config, log, metrics, secrets)
   const buffer = new PublishBuffer(config.publish.maxBufferedMessages, config.publish.maxBufferedBytes, metrics)
-  const publisher = new Publisher(upstream, buffer, metrics, log)
+  const publisher = new Publisher(upstream, buffer, metrics, log, { deadLetter: config.publish.deadLetter })
+  const spool = config.publish.spool.dir === null ? undefined : new Spool(config.publish.spool.dir, config.publish.spool.maxBytes, publisher, log, metrics)
+  if (spool) publisher.useStore(spool)
   // Consumers get their own connection (a memory alarm blocks the publishing one, and must not block acks),
   // unless the operator chose one shared connection; by default it opens only while something consumes.
   const mode = config.consume.connection
@@ -82,6 +85,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       sidecar: { state, startedAt },
       upstream: up,
       buffer: buffer.snapshot(),
+      spool: spool?.status() ?? null,
       consumeUpstream: mode === 'shared' ? { ...upstream.status(), shared: true } : consumeUpstream.status(),
       consumers: consumers.status(),
       diagnosis: diagnose({
@@ -134,6 +138,8 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
 
     async start() {
       if (state !== 'created') throw new Error(`cannot start a sidecar that is ${state}`)
+      // First: a spool directory that cannot be used must stop the start, with a clear error.
+      await spool?.open()
       state = 'running'
       ops = buildOpsServer({ log, registry: metrics.registry, readiness })
       api = await buildApiServer({
@@ -148,6 +154,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
           timeoutMs: config.publish.timeoutMs,
           allowedExchanges: config.publish.allowedExchanges,
           internalExchanges: config.topology.exchanges.filter((e) => e.internal).map((e) => e.name),
+          bodyLimitBytes: config.api.bodyLimitBytes,
         },
         status,
         accepting: () => state === 'running' || state === 'draining',
@@ -180,9 +187,12 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         // 2. Stop serving, wait for outstanding confirms, answer whatever is left.
         state = 'closing'
         const confirmWait = Math.min(config.publish.timeoutMs, CONFIRM_WAIT_CAP_MS)
+        // Spooled messages not confirmed by then stay on disk for the next start.
+        await spool?.quiesce(confirmWait)
         const drained = await publisher.drain(confirmWait)
         if (!drained) log.warn({ held: buffer.snapshot(), waitedMs: confirmWait }, 'messages still unconfirmed at shutdown; they are answered 504 or logged')
         await step('close the publisher', publisher.close())
+        await step('close the spool', spool?.close() ?? Promise.resolve())
         // Leases not acked within the drain are requeued (nack requeue=true), never dead-lettered.
         await step('requeue leases and close consumers', consumers.close())
         await step('close the API listener', api?.close() ?? Promise.resolve())

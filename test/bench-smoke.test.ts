@@ -44,7 +44,7 @@ t.test('a smoke run produces well-formed results', async (t) => {
   t.ok(results.machine.nproc >= 1 && results.machine.rabbitmq !== 'unknown', 'the machine and broker are described')
 
   const byId = new Map(results.cases.map((c) => [c.id, c]))
-  t.same([...byId.keys()], ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar'])
+  t.same([...byId.keys()], ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar', 'j.memory', 'j.spool'])
   for (const id of ['e', 'f']) t.match(byId.get(id)?.skipped, /plugins/, `${id} is skipped, and says why`)
   for (const c of results.cases) {
     if (c.skipped !== undefined) {
@@ -69,7 +69,7 @@ t.test('a smoke run produces well-formed results', async (t) => {
   t.ok((results.resources.loadRssMB ?? 0) > 0, 'and has a median')
   t.type(lat.reps[0]?.sidecarCpuPer1000, 'number', 'the paced case measured the sidecar CPU')
   t.type(lat.sidecarCpuPer1000, 'number', 'and has a median')
-  t.same(results.targets.map((x) => x.id), ['b/a', 'c/a', 'd/a', 'g', 'b/e', 'h.p99', 'i.idle', 'i.load', 'i.cpu'])
+  t.same(results.targets.map((x) => x.id), ['b/a', 'c/a', 'd/a', 'g', 'b/e', 'h.p99', 'j', 'i.idle', 'i.load', 'i.cpu'])
   for (const id of ['i.idle', 'i.load', 'i.cpu']) t.type(results.targets.find((x) => x.id === id)?.actual, 'number', `target ${id} has a figure`)
   for (const target of results.targets) t.ok(target.pass === null || typeof target.pass === 'boolean', `target ${target.id} is evaluated`)
 

@@ -156,7 +156,9 @@ t.test('row 15 (edge): an exchange deleted while the sidecar still trusts it ans
   const next = await publishOnce({ api: sc.api, exchange: ex, routingKey: '' }, 'r15e-next', { deadlineMs: DEADLINE_MS })
   t.equal(next.status, 404, 'the next publish to it answers 404 (the cache was cleared)')
   t.equal(next.code, 'EXCHANGE_NOT_FOUND')
-  await checkLD(t, amqp, q, [warm, ...goodOutcomes], { duplicateBound: 0 })
+  // Those written before the refused one may have been routed before the channel closed:
+  // they are re-sent (at-least-once), so up to the few in flight can be there twice.
+  await checkLD(t, amqp, q, [warm, ...goodOutcomes], { duplicateBound: 3 })
   await checkR(t, amqp, target)
 })
 

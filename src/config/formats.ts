@@ -132,6 +132,16 @@ export function registerFormats(): void {
         })
       },
     },
+    'nullable-dead-letter': {
+      validate(v: unknown) {
+        if (v === null) return
+        if (!isObject(v)) throw new Error('must be null or {"exchange": "...", "routingKey": "..."}')
+        assertKeys('deadLetter', v, ['exchange', 'routingKey'])
+        if (v.exchange !== '') assertName('deadLetter.exchange', v.exchange)
+        if (typeof v.routingKey !== 'string' || Buffer.byteLength(v.routingKey) > 255) throw new Error('deadLetter.routingKey: must be a string of at most 255 bytes')
+        if (v.exchange === '' && v.routingKey === '') throw new Error('deadLetter: the default exchange ("") needs a routingKey (the queue name)')
+      },
+    },
     'push-list': {
       validate(v: unknown) {
         if (!Array.isArray(v)) throw new Error('must be a list')

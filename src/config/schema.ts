@@ -83,6 +83,19 @@ export const schema = {
     mandatory: { doc: 'Publish with mandatory=true by default (unroutable answers 422).', format: Boolean, default: true },
     persistent: { doc: 'Publish persistent messages by default.', format: Boolean, default: true },
     allowedExchanges: { doc: 'Exchanges apps may publish to. null: any.', format: 'nullable-name-list', default: null },
+    deadLetter: {
+      doc: 'Where a message answered 202 goes when the broker refuses it for good (no such exchange, access refused, unroutable, nacked again and again): {"exchange", "routingKey"}, with the reason in the x-sidecar-error header. null: it is logged at error level with its message_id and counted in amqp_sidecar_accepted_dropped_total.',
+      format: 'nullable-dead-letter',
+      default: null,
+    },
+    spool: {
+      dir: {
+        doc: 'A directory for the durable spool: X-Ack: accepted messages are written there and fsynced before the 202, and survive a crash of the sidecar. null: accepted messages are held in memory only.',
+        format: 'nullable-string',
+        default: null,
+      },
+      maxBytes: { doc: 'Bound on the spool on disk; past it a 202 publish answers 503 BUFFER_FULL.', format: 'integer', default: 1073741824, min: 65536 },
+    },
   },
   consume: {
     leaseMs: ms('How long an app may hold a delivery before it is requeued.', 60000, 1),

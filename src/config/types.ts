@@ -64,6 +64,8 @@ export interface Config {
     mandatory: boolean
     persistent: boolean
     allowedExchanges: string[] | null
+    deadLetter: { exchange: string; routingKey: string } | null
+    spool: { dir: string | null; maxBytes: number }
   }
   consume: {
     leaseMs: number

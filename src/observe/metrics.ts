@@ -13,8 +13,13 @@ export type PublishOutcome = 'confirmed' | 'accepted' | 'unroutable' | 'nacked' 
 export function createMetrics(registry = new Registry()) {
   collectDefaultMetrics({ register: registry, prefix: PREFIX, eventLoopMonitoringPrecision: 20 })
   const r = [registry]
+  // Ages are read at scrape time; the spool sets this when there is one.
+  let spoolOldestAge = () => 0
   return {
     registry,
+    setSpoolAgeSource(source: () => number) {
+      spoolOldestAge = source
+    },
     upstreamConnected: new Gauge({ name: `${PREFIX}upstream_connected`, help: '1 while the broker connection is open', labelNames: ['connection'], registers: r }),
     upstreamBlocked: new Gauge({ name: `${PREFIX}upstream_blocked`, help: '1 while the broker blocks the connection (memory or disk alarm)', labelNames: ['connection'], registers: r }),
     upstreamConnects: new Counter({ name: `${PREFIX}upstream_connects_total`, help: 'Successful broker connections', labelNames: ['connection'], registers: r }),
@@ -56,8 +61,34 @@ export function createMetrics(registry = new Registry()) {
       labelNames: ['outcome'],
       registers: r,
     }),
+    publishResends: new Counter({
+      name: `${PREFIX}publish_resends_total`,
+      help: 'Copies of messages written again after their channel or connection died before the confirm (same message_id)',
+      registers: r,
+    }),
+    deadLettered: new Counter({
+      name: `${PREFIX}publish_dead_lettered_total`,
+      help: 'Messages answered 202 that the broker refused for good and that went to publish.deadLetter, by reason',
+      labelNames: ['reason'],
+      registers: r,
+    }),
+    spoolMessages: new Gauge({ name: `${PREFIX}spool_messages`, help: 'Records in the disk spool not yet confirmed by the broker', registers: r }),
+    spoolBytes: new Gauge({ name: `${PREFIX}spool_bytes`, help: 'Bytes the disk spool holds on disk', registers: r }),
+    spoolOldestAge: new Gauge({
+      name: `${PREFIX}spool_oldest_age_seconds`,
+      help: 'Age of the oldest record in the disk spool not yet confirmed (0: empty)',
+      registers: r,
+      collect() {
+        this.set(spoolOldestAge())
+      },
+    }),
+    spoolDropped: new Counter({
+      name: `${PREFIX}spool_dropped_bytes_total`,
+      help: 'Bytes dropped while recovering the spool at start (a torn tail cut by a crash, or a corrupt record)',
+      registers: r,
+    }),
     bufferedMessages: new Gauge({ name: `${PREFIX}buffered_messages`, help: 'Messages queued or awaiting a confirm', registers: r }),
-    bufferedBytes: new Gauge({ name: `${PREFIX}buffered_bytes`, help: 'Body bytes queued or awaiting a confirm', registers: r }),
+    bufferedBytes: new Gauge({ name: `${PREFIX}buffered_bytes`, help: 'Bytes (body, headers and properties) of messages queued or awaiting a confirm', registers: r }),
     deliveries: new Counter({ name: `${PREFIX}deliveries_total`, help: 'Messages handed to apps, by way', labelNames: ['via'], registers: r }),
     acks: new Counter({ name: `${PREFIX}acks_total`, help: 'App acks by result: acked, stale, unknown', labelNames: ['result'], registers: r }),
     nacks: new Counter({ name: `${PREFIX}nacks_total`, help: 'App nacks by result: nacked, stale, unknown', labelNames: ['result'], registers: r }),

@@ -11,6 +11,12 @@ import { channelErrorCode } from '../upstream/classify.js'
 const POSITIVE_TTL_MS = 60_000
 /** A missing exchange is remembered briefly, so a flood of bad publishes costs one check. */
 const NEGATIVE_TTL_MS = 1_000
+/**
+ * An exchange the broker refused with 403 (internal, or no write permission)
+ * is refused before writing for this long: each refusal costs a channel close
+ * that disturbs every other publish in flight.
+ */
+const REFUSED_TTL_MS = 30_000
 const NOT_FOUND = 404
 /** Bounds: names apps invent must not grow memory, or open channels, without limit. */
 const MAX_CACHED = 1_000
@@ -18,6 +24,7 @@ const MAX_CHECKS_IN_FLIGHT = 8
 
 export class ExchangeRegistry {
   #known = new Map<string, { exists: boolean; until: number }>()
+  #refused = new Map<string, number>()
   #pending = new Map<string, Promise<boolean>>()
   #inFlight = 0
   #waiting: Array<() => void> = []
@@ -40,6 +47,26 @@ export class ExchangeRegistry {
       this.#pending.set(name, pending)
     }
     return pending
+  }
+
+  /** The broker closed the publish channel over this exchange (404 or 403): remember it. */
+  refuse(name: string, code: 403 | 404): void {
+    if (code === NOT_FOUND) {
+      this.#remember(name, false, NEGATIVE_TTL_MS)
+      return
+    }
+    if (this.#refused.size >= MAX_CACHED) this.#refused.delete(this.#refused.keys().next().value as string)
+    this.#refused.set(name, Date.now() + REFUSED_TTL_MS)
+  }
+
+  /** 'EXCHANGE_ACCESS_REFUSED' while a 403 for this exchange is remembered. */
+  refusal(name: string): 'EXCHANGE_ACCESS_REFUSED' | undefined {
+    if (this.#refused.size === 0) return undefined
+    const until = this.#refused.get(name)
+    if (until === undefined) return undefined
+    if (until > Date.now()) return 'EXCHANGE_ACCESS_REFUSED'
+    this.#refused.delete(name)
+    return undefined
   }
 
   /** Forget everything (after a 404 on the publish channel: something was deleted). */

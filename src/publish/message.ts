@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto'
 import type { IncomingHttpHeaders } from 'node:http'
 import { SidecarError } from '../errors.js'
-import type { AckMode, OutgoingMessage } from './publisher.js'
+import type { AckMode, OutgoingMessage } from './entry.js'
 
 /** amq.default is how a URL names the default exchange, whose real name is "". */
 export const DEFAULT_EXCHANGE_ALIAS = 'amq.default'
@@ -22,6 +22,8 @@ export interface PublishDefaults {
   allowedExchanges: readonly string[] | null
   /** Exchanges the topology declares internal: the broker refuses publishes to them by closing the channel. */
   internalExchanges?: readonly string[]
+  /** api.bodyLimitBytes: the decoded body of an envelope (WebSocket publishes too) may not be larger. */
+  bodyLimitBytes?: number
 }
 
 export interface PropertiesInput {
@@ -223,6 +225,10 @@ export function fromEnvelope(env: Envelope, defaults: PublishDefaults): Outgoing
   try {
     const exchange = exchangeName(env.exchange, defaults.allowedExchanges, defaults.internalExchanges)
     const { content, defaultContentType } = envelopeBody(env)
+    // A base64 body in a WebSocket frame is 4/3 of its bytes: the limit is on the message, not the frame.
+    if (defaults.bodyLimitBytes !== undefined && content.length > defaults.bodyLimitBytes) {
+      throw new SidecarError('PAYLOAD_TOO_LARGE', `The message body is ${content.length} bytes, over api.bodyLimitBytes (${defaults.bodyLimitBytes})`)
+    }
     const props: PropertiesInput = { ...env.properties }
     if (props.contentType === undefined && defaultContentType) props.contentType = defaultContentType
     return build(exchange, routingKey(env.routingKey), content, props, env.headers, env.mandatory ?? defaults.mandatory, defaults)

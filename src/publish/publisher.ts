@@ -1,5 +1,5 @@
 /**
- * Publishing with honest answers (DESIGN.md section 2).
+ * Publishing with honest answers (DESIGN.md sections 2 and 9).
  *
  * The publisher owns a raw confirm channel per connection instead of ACM's
  * ChannelWrapper, because an honest status needs facts the wrapper hides:
@@ -8,88 +8,102 @@
  * channel that can be reopened after a 404 without dropping the connection.
  *
  *   queued --write--> written --ack--> 200 (or 422 if returned first)
- *     |                  |----nack--> 502
- *     |                  '--channel closed / deadline--> 504 unknown
- *     '--deadline--> 504 (never sent)
+ *     |    ^             |----nack--> 502
+ *     |    '--re-send----'--channel or connection died, deadline not passed
+ *     '--deadline--> 504 (never sent again)
  *
- * Every message holds room in the PublishBuffer from accept until the broker
- * settles it, so memory stays bounded even for answered (504) messages.
- * X-Ack: accepted messages (202) have no deadline: they survive reconnects
- * and are re-sent when a channel dies under them (at-least-once).
+ * At-least-once: a message written on a channel that died before its confirm
+ * is written again on the next channel (same message_id) while its deadline
+ * allows, and answered by that copy's confirm. A copy the broker refuses for
+ * good (404, 403, a refused property) is answered with that refusal, never
+ * re-sent in a loop; if an earlier copy may have been published, the answer is
+ * 504 unknown instead of a refusal that would be a lie.
+ *
+ * 202 messages (X-Ack: accepted) have no deadline: they are re-sent until
+ * confirmed, and a refusal for good sends them to publish.deadLetter (see
+ * refusals.ts). Every message holds room in the PublishBuffer (bytes of body,
+ * headers and properties) from accept until the broker settles it, except
+ * spooled ones, which the spool bounds on disk.
  */
-import { IllegalOperationError, type ChannelModel, type ConfirmChannel, type Options } from 'amqplib'
+import { IllegalOperationError, type ChannelModel, type ConfirmChannel } from 'amqplib'
 import { TIMED_OUT, withDeadline } from '../deadline.js'
-import { SidecarError } from '../errors.js'
+import { SidecarError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
-import { channelErrorCode, missingExchangeOf } from '../upstream/classify.js'
+import { channelErrorCode } from '../upstream/classify.js'
 import type { PublishBuffer } from './buffer.js'
+import { judgeClosedChannel, refusalText } from './channel-close.js'
+import { heldBytes, newEntry, type AckMode, type ChannelSlot, type Entry, type OutgoingMessage, type PublishResult, type Settlement } from './entry.js'
 import { ExchangeRegistry } from './exchanges.js'
+import { Settler, type DeadLetterTarget } from './settle.js'
 
-export interface OutgoingMessage {
-  exchange: string
-  routingKey: string
-  content: Buffer
-  /** amqplib publish options; messageId is always set. */
-  options: Options.Publish & { messageId: string; mandatory: boolean }
-}
-
-export type AckMode = 'confirm' | 'accepted'
-
-export interface PublishResult {
-  messageId: string
-  status: 'confirmed' | 'accepted'
-}
-
-type EntryState = 'queued' | 'written' | 'done'
-
-interface Entry {
-  msg: OutgoingMessage
-  mode: AckMode
-  state: EntryState
-  startedAt: bigint
-  answered: boolean
-  returned: boolean
-  channel: ChannelSlot | undefined
-  timer: NodeJS.Timeout | undefined
-  resolve: (r: PublishResult) => void
-  reject: (e: SidecarError) => void
-}
-
-/** One confirm channel and what was written on it. */
-interface ChannelSlot {
-  channel: ConfirmChannel
-  connection: ChannelModel
-  open: boolean
-  /** False after amqplib's publish() said its write buffer is full, until 'drain'. */
-  hasRoom: boolean
-  /** The broker's reason, when it closed this channel ('error' comes before 'close'). */
-  closeError: unknown
-  written: Set<Entry>
-}
+export type { AckMode, OutgoingMessage, PublishResult } from './entry.js'
 
 /** Pause before reopening a publish channel the broker closed, so a persistent fault cannot spin. */
 const REOPEN_DELAY_MS = 100
+/** A message written this many times without a confirm is given up (a loop guard; re-sends are normally few). */
+const MAX_COPIES = 20
+/** A 202 message nacked this many times is refused for good; between nacks it waits NACK_RETRY_MS. */
+const MAX_NACKS = 5
+const NACK_RETRY_MS = 1_000
 const noop = () => {}
+
+export interface PublisherOptions {
+  deadLetter?: DeadLetterTarget | null
+}
+
+/** Where 202 messages go instead of memory when publish.spool.dir is set (the Spool). */
+export interface AcceptedStore {
+  accept(msg: OutgoingMessage, deadlineMs: number): Promise<PublishResult>
+}
 
 export class Publisher {
   #queue: Entry[] = []
+  /** 202 messages waiting out a nack before they are queued again. */
+  #delayed = new Set<Entry>()
   #slot: ChannelSlot | undefined
   #flushing = false
   #flushRequested = false
   #closed = false
   readonly #exchanges = new ExchangeRegistry()
+  readonly #settle: Settler
+  #store: AcceptedStore | undefined
 
   constructor(
     private readonly upstream: Upstream,
     private readonly buffer: PublishBuffer,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    opts: PublisherOptions = {},
   ) {
+    this.#settle = new Settler(opts.deadLetter ?? null, buffer, metrics, log, (entry) => this.#enqueue(entry))
     upstream.on('ready', (conn) => void this.#openChannel(conn))
     // Leaving 'blocked' (or reconnecting) may let queued messages go out.
     upstream.on('state', () => this.#flush())
+  }
+
+  /**
+   * The checks every publish gets before it is held: shutting down, blocked,
+   * an exchange the broker is known to refuse. Also used by the spool before
+   * it writes a record, so a 202 is never given for what would be refused now.
+   */
+  async admit(msg: OutgoingMessage, deadlineMs: number): Promise<void> {
+    const messageId = msg.options.messageId
+    const fail = (code: ErrorCode, text?: string) => {
+      this.#settle.count('rejected')
+      return new SidecarError(code, text, { messageId })
+    }
+    if (this.#closed) throw fail('SHUTTING_DOWN')
+    if (this.upstream.state === 'blocked') throw fail('UPSTREAM_BLOCKED', `The broker has blocked publishing: ${this.upstream.status().blockedReason}`)
+    const refused = this.#exchanges.refusal(msg.exchange)
+    if (refused) throw fail(refused, refusalText(refused, msg.exchange))
+    const conn = this.upstream.connection
+    // Checked before taking buffer room; when disconnected the writer checks it instead.
+    if (conn && !this.#exchanges.knownToExist(msg.exchange)) {
+      const checked = await withDeadline(this.#exchanges.exists(conn, msg.exchange).catch(() => undefined), Math.max(0, deadlineMs))
+      if (checked === false) throw fail('EXCHANGE_NOT_FOUND', refusalText('EXCHANGE_NOT_FOUND', msg.exchange))
+    }
   }
 
   /**
@@ -97,46 +111,42 @@ export class Publisher {
    * SidecarError carrying the documented status. Never hangs past deadlineMs.
    */
   async publish(msg: OutgoingMessage, opts: { deadlineMs: number; mode: AckMode }): Promise<PublishResult> {
-    const messageId = msg.options.messageId
-    const fail = (code: ConstructorParameters<typeof SidecarError>[0], text?: string) => {
-      this.#count('rejected')
-      return new SidecarError(code, text, { messageId })
-    }
-    if (this.#closed) throw fail('SHUTTING_DOWN')
-    if (this.upstream.state === 'blocked') throw fail('UPSTREAM_BLOCKED', `The broker has blocked publishing: ${this.upstream.status().blockedReason}`)
+    if (opts.mode === 'accepted' && this.#store) return this.#store.accept(msg, opts.deadlineMs)
     const deadlineAt = Date.now() + opts.deadlineMs
-    const conn = this.upstream.connection
-    // Checked before taking buffer room; when disconnected the writer checks it instead.
-    if (conn && !this.#exchanges.knownToExist(msg.exchange)) {
-      const checked = await withDeadline(this.#exchanges.exists(conn, msg.exchange).catch(() => undefined), Math.max(0, deadlineAt - Date.now()))
-      const exists = checked === TIMED_OUT ? undefined : checked
-      if (exists === false) throw fail('EXCHANGE_NOT_FOUND', `The broker has no exchange "${msg.exchange}"`)
-    }
-    if (!this.buffer.tryReserve(msg.content.length)) {
-      throw fail('BUFFER_FULL', `The publish buffer is full (${this.buffer.messages} messages, ${this.buffer.bytes} bytes held for the broker)`)
+    await this.admit(msg, opts.deadlineMs)
+    const held = heldBytes(msg)
+    if (!this.buffer.tryReserve(held)) {
+      this.#settle.count('rejected')
+      throw new SidecarError('BUFFER_FULL', `The publish buffer is full (${this.buffer.messages} messages, ${this.buffer.bytes} bytes held for the broker)`, {
+        messageId: msg.options.messageId,
+      })
     }
     return new Promise<PublishResult>((resolve, reject) => {
-      const entry: Entry = {
-        msg,
-        mode: opts.mode,
-        state: 'queued',
-        startedAt: process.hrtime.bigint(),
-        answered: false,
-        returned: false,
-        channel: undefined,
-        timer: undefined,
-        resolve,
-        reject,
-      }
+      const entry = newEntry(msg, opts.mode, opts.mode === 'accepted' ? Infinity : deadlineAt, held, resolve, reject)
       if (opts.mode === 'accepted') {
-        this.#answer(entry, { messageId, status: 'accepted' }, 'accepted')
+        this.#settle.answer(entry, { messageId: msg.options.messageId, status: 'accepted' }, 'accepted')
       } else {
-        const remaining = Math.max(0, deadlineAt - Date.now())
-        entry.timer = setTimeout(() => this.#onDeadline(entry), remaining)
+        entry.timer = setTimeout(() => this.#onDeadline(entry), Math.max(0, deadlineAt - Date.now()))
       }
-      this.#queue.push(entry)
-      this.#flush()
+      this.#enqueue(entry)
     })
+  }
+
+  /**
+   * Hands over a message the spool already answered 202 for and holds on
+   * disk: no buffer room, no answer; `settled` says when the spool may
+   * release its record.
+   */
+  sendOwned(msg: OutgoingMessage, settled: (how: Settlement) => void): void {
+    const entry = newEntry(msg, 'accepted', Infinity, 0, noop, noop)
+    entry.answered = true
+    entry.settled = settled
+    this.#enqueue(entry)
+  }
+
+  /** 202 messages go to this store (the durable spool) from now on. */
+  useStore(store: AcceptedStore): void {
+    this.#store = store
   }
 
   /** Resolves when nothing is queued or unconfirmed, or when the deadline passes. */
@@ -152,16 +162,25 @@ export class Publisher {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    for (const entry of this.#queue.splice(0)) {
-      this.#finish(entry, new SidecarError('SHUTTING_DOWN', 'The sidecar shut down before the message was sent', { messageId: entry.msg.options.messageId }), 'rejected')
+    const held = [...this.#queue.splice(0), ...this.#delayed]
+    this.#delayed.clear()
+    for (const entry of held) {
+      this.#settle.finish(entry, new SidecarError('SHUTTING_DOWN', 'The sidecar shut down before the message was sent', { messageId: entry.msg.options.messageId }), 'rejected', 'abandoned')
     }
     const slot = this.#slot
     this.#slot = undefined
     if (slot) {
-      for (const entry of slot.written) this.#finish(entry, this.#unknown(entry, 'The sidecar shut down before the broker confirmed the message'), 'unknown')
+      for (const entry of slot.written) {
+        this.#settle.finish(entry, this.#settle.unknown(entry, 'The sidecar shut down before the broker confirmed the message'), 'unknown', 'abandoned')
+      }
       slot.open = false
       await slot.channel.close().catch(noop)
     }
+  }
+
+  #enqueue(entry: Entry): void {
+    this.#queue.push(entry)
+    this.#flush()
   }
 
   async #openChannel(connection: ChannelModel): Promise<void> {
@@ -174,17 +193,21 @@ export class Publisher {
       this.log.warn({ err: (err as Error).message }, 'could not open the publish channel')
       return
     }
-    const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, closeError: undefined, written: new Set() }
+    const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, closeError: undefined, written: new Set(), byId: new Map() }
     // Prepended so it runs before amqplib's own close handler fails the confirm
-    // callbacks: the entries are settled as "unknown" first, and those callbacks
-    // find them done instead of mistaking a lost channel for a nack.
+    // callbacks: the entries are settled first, and those callbacks find them
+    // re-queued instead of mistaking a lost channel for a nack.
     channel.prependListener('close', () => this.#onChannelClose(slot))
     channel.on('error', (err: unknown) => {
       slot.closeError = err
       if (channelErrorCode(err) === 404) this.#exchanges.clear()
       this.log.warn({ err: (err as Error).message, code: channelErrorCode(err) }, 'the broker closed the publish channel')
     })
-    channel.on('return', (m: { fields: { exchange: string; routingKey: string }; properties: { messageId?: string } }) => this.#onReturn(slot, m))
+    channel.on('return', (m: { properties: { messageId?: string } }) => {
+      // A return precedes the ack of the same message; one copy per id is in flight.
+      const entry = m.properties.messageId === undefined ? undefined : slot.byId.get(m.properties.messageId)
+      if (entry) entry.returned = true
+    })
     channel.on('drain', () => {
       slot.hasRoom = true
       this.#flush()
@@ -200,47 +223,35 @@ export class Publisher {
   #onChannelClose(slot: ChannelSlot): void {
     slot.open = false
     if (this.#slot === slot) this.#slot = undefined
-    // Write order (a Set iterates in insertion order).
     const written = [...slot.written]
     slot.written.clear()
-    // A 404 names the missing exchange (deleted while we still trusted it). The
-    // broker processed everything before the first message to it (outcome
-    // unknown: routed, confirm lost), refused that one, and discarded every
-    // frame after it until close-ok: those were never published, so they are
-    // sent again on the next channel instead of being answered 504.
-    const missing = missingExchangeOf(slot.closeError)
-    const culprit = missing === undefined ? -1 : written.findIndex((e) => e.msg.exchange === missing)
-    const resend: Entry[] = []
-    written.forEach((entry, i) => {
-      entry.channel = undefined
-      if (i === culprit) {
-        this.#finish(entry, new SidecarError('EXCHANGE_NOT_FOUND', `The broker has no exchange "${entry.msg.exchange}"`, { messageId: entry.msg.options.messageId }), 'rejected')
-      } else if ((culprit >= 0 && i > culprit) || entry.mode === 'accepted') {
-        // Not published (discarded after the refusal), or already answered 202 and
-        // owned by the sidecar: send it again (at-least-once).
-        entry.state = 'queued'
-        entry.returned = false
-        resend.push(entry)
+    slot.byId.clear()
+    const { verdicts, blamed } = judgeClosedChannel(written, slot.closeError)
+    if (blamed) this.#exchanges.refuse(blamed.exchange, blamed.code)
+    const requeue: Entry[] = []
+    for (const v of verdicts) {
+      const { entry } = v
+      if (v.action === 'refuse') {
+        this.#settle.refuse(entry, v.error)
+      } else if (entry.answered && entry.mode === 'confirm') {
+        // Already answered 504 at its deadline: the app owns the retry now.
+        this.#settle.finish(entry, this.#settle.unknown(entry, ''), 'unknown', 'abandoned')
+      } else if (entry.copies >= MAX_COPIES) {
+        this.#settle.refuse(entry, new SidecarError('PUBLISH_OUTCOME_UNKNOWN', `The message was written ${entry.copies} times without a confirm; giving up`))
       } else {
-        this.#finish(entry, this.#unknown(entry, 'The channel to the broker closed after the message was sent'), 'unknown')
+        requeue.push(entry)
       }
-    })
-    this.#queue.unshift(...resend)
+    }
+    if (requeue.length > 0) {
+      this.metrics.publishResends.inc(requeue.length)
+      this.#queue.unshift(...requeue)
+    }
     // The connection is still up (a channel-level error): reopen the channel.
     const conn = this.upstream.connection
     if (!this.#closed && conn && conn === slot.connection) {
       setTimeout(() => void this.#openChannel(conn), REOPEN_DELAY_MS).unref()
     }
-  }
-
-  #onReturn(slot: ChannelSlot, m: { fields: { exchange: string; routingKey: string }; properties: { messageId?: string } }): void {
-    // A return precedes the ack of the same message, and returns arrive in publish order.
-    for (const entry of slot.written) {
-      if (!entry.returned && entry.msg.options.messageId === m.properties.messageId && entry.msg.exchange === m.fields.exchange && entry.msg.routingKey === m.fields.routingKey) {
-        entry.returned = true
-        return
-      }
-    }
+    this.#flush()
   }
 
   /**
@@ -274,37 +285,51 @@ export class Publisher {
         continue
       }
       const { msg } = entry
+      const refused = this.#exchanges.refusal(msg.exchange)
+      if (refused) {
+        this.#remove(entry)
+        this.#settle.refuse(entry, new SidecarError(refused, refusalText(refused, msg.exchange)))
+        continue
+      }
       if (!this.#exchanges.knownToExist(msg.exchange)) {
         // Queued while disconnected: check now, on this connection.
         const exists = await this.#exchanges.exists(slot.connection, msg.exchange).catch(() => undefined)
         if (exists === undefined) return // the connection is failing; 'ready' restarts the flush
+        // The await let deadlines and channel closes run: look again at what is at the head.
+        if (entry.state !== 'queued' || this.#queue[0] !== entry) continue
         if (!exists) {
-          this.#queue.shift()
-          this.#finish(entry, new SidecarError('EXCHANGE_NOT_FOUND', `The broker has no exchange "${msg.exchange}"`, { messageId: msg.options.messageId }), 'rejected')
+          this.#remove(entry)
+          this.#settle.refuse(entry, new SidecarError('EXCHANGE_NOT_FOUND', refusalText('EXCHANGE_NOT_FOUND', msg.exchange)))
           continue
         }
         if (this.#slot !== slot || !slot.open) return
-        if (this.#queue[0] !== entry) continue
       }
+      // One copy of an id in flight per channel (returns carry no sequence number);
+      // an isolated message waits until nothing else is unconfirmed.
+      if (slot.byId.has(msg.options.messageId)) return
+      if (entry.isolate && slot.written.size > 0) return
       this.#queue.shift()
       entry.state = 'written'
       entry.channel = slot
+      entry.copies++
       slot.written.add(entry)
+      slot.byId.set(msg.options.messageId, entry)
       let hasRoom: boolean
       try {
         hasRoom = slot.channel.publish(msg.exchange, msg.routingKey, msg.content, msg.options, (err: unknown) => this.#onConfirm(slot, entry, err))
       } catch (err) {
         slot.written.delete(entry)
+        slot.byId.delete(msg.options.messageId)
         entry.channel = undefined
+        entry.state = 'queued'
+        entry.copies--
         if (err instanceof IllegalOperationError) {
           // The channel closed between our check and the write: send it on the next one.
-          entry.state = 'queued'
           this.#queue.unshift(entry)
           return
         }
         // amqplib could not encode this message: its fault alone, so refuse it and go on.
-        entry.state = 'queued'
-        this.#finish(entry, new SidecarError('INVALID_REQUEST', `The message could not be encoded: ${(err as Error).message}`, { messageId: msg.options.messageId }), 'rejected')
+        this.#settle.refuse(entry, new SidecarError('INVALID_REQUEST', `The message could not be encoded: ${(err as Error).message}`))
         continue
       }
       // amqplib's write buffer is full: wait for its 'drain' before writing more.
@@ -312,71 +337,62 @@ export class Publisher {
         slot.hasRoom = false
         return
       }
+      if (entry.isolate) return
     }
   }
 
   #onConfirm(slot: ChannelSlot, entry: Entry, err: unknown): void {
     if (entry.state !== 'written' || entry.channel !== slot) return
     slot.written.delete(entry)
+    slot.byId.delete(entry.msg.options.messageId)
+    entry.channel = undefined
+    entry.isolate = false
     const id = entry.msg.options.messageId
     if (err) {
-      this.#finish(entry, new SidecarError('PUBLISH_NACKED', undefined, { messageId: id }), 'nacked')
+      if (entry.mode === 'accepted' && ++entry.nacks < MAX_NACKS) {
+        // A nack is usually passing (a queue leader moving, an overflow): try again later.
+        entry.state = 'queued'
+        this.#delayed.add(entry)
+        setTimeout(() => {
+          if (this.#delayed.delete(entry)) this.#enqueue(entry)
+        }, NACK_RETRY_MS).unref()
+      } else {
+        this.#settle.refuse(entry, new SidecarError('PUBLISH_NACKED', undefined, { messageId: id }), 'nacked')
+      }
     } else if (entry.returned) {
-      this.#finish(
+      this.#settle.refuse(
         entry,
         new SidecarError('UNROUTABLE', `No queue is bound for exchange "${entry.msg.exchange}" with routing key "${entry.msg.routingKey}"`, { messageId: id }),
         'unroutable',
       )
     } else {
-      this.metrics.publishDuration.observe(Number(process.hrtime.bigint() - entry.startedAt) / 1e9)
-      this.#finish(entry, { messageId: id, status: 'confirmed' }, 'confirmed')
+      if (entry.mode === 'confirm') this.metrics.publishDuration.observe(Number(process.hrtime.bigint() - entry.startedAt) / 1e9)
+      this.#settle.finish(entry, { messageId: id, status: 'confirmed' }, 'confirmed', 'published')
     }
+    // Something held back behind this id, or behind an isolated message, may go now.
+    if (this.#queue.length > 0) this.#flush()
   }
 
   #onDeadline(entry: Entry): void {
     entry.timer = undefined
     if (entry.state === 'queued') {
-      // Never written: drop it, so it cannot reach the broker after we said 504.
-      const i = this.#queue.indexOf(entry)
-      if (i >= 0) this.#queue.splice(i, 1)
+      // Not written now (never, or a dead channel's copy waiting to be re-sent):
+      // drop it, so it cannot reach the broker after we said 504.
+      this.#remove(entry)
+      const text = entry.maybePublished
+        ? 'The connection to the broker was lost after the message was sent, and the deadline passed before a re-sent copy could be confirmed'
+        : `The deadline passed before the message could be sent (upstream ${this.upstream.state}); it was not sent`
+      this.#settle.finish(entry, this.#settle.unknown(entry, text), 'unknown', 'abandoned')
       // What waited behind it may be writable now.
       this.#flush()
-      this.#finish(entry, this.#unknown(entry, `The deadline passed before the message could be sent (upstream ${this.upstream.state}); it was not sent`), 'unknown')
     } else if (entry.state === 'written') {
       // Written: answer now, but keep its buffer room until the broker settles it.
-      this.#answer(entry, this.#unknown(entry, 'The deadline passed before the broker confirmed the message'), 'unknown')
+      this.#settle.answer(entry, this.#settle.unknown(entry, 'The deadline passed before the broker confirmed the message'), 'unknown')
     }
   }
 
-  #unknown(entry: Entry, text: string): SidecarError {
-    return new SidecarError('PUBLISH_OUTCOME_UNKNOWN', `${text}; retry with the same X-Message-Id`, { messageId: entry.msg.options.messageId })
-  }
-
-  /** Final state: answers the app (if not yet), frees the buffer room, stops the timer. */
-  #finish(entry: Entry, result: PublishResult | SidecarError, outcome: PublishOutcome): void {
-    if (entry.state === 'done') return
-    const wasAccepted = entry.mode === 'accepted'
-    entry.state = 'done'
-    if (entry.timer) clearTimeout(entry.timer)
-    this.buffer.release(entry.msg.content.length)
-    if (wasAccepted && result instanceof SidecarError) {
-      // The app was already told 202; all that is left is to say it loudly.
-      this.metrics.acceptedDropped.inc({ outcome })
-      this.log.error({ messageId: entry.msg.options.messageId, exchange: entry.msg.exchange, routingKey: entry.msg.routingKey, code: result.code }, 'a message accepted with 202 was not published')
-      return
-    }
-    this.#answer(entry, result, outcome)
-  }
-
-  #answer(entry: Entry, result: PublishResult | SidecarError, outcome: PublishOutcome): void {
-    if (entry.answered) return
-    entry.answered = true
-    this.#count(outcome)
-    if (result instanceof SidecarError) entry.reject(result)
-    else entry.resolve(result)
-  }
-
-  #count(outcome: PublishOutcome): void {
-    this.metrics.published.inc({ outcome })
+  #remove(entry: Entry): void {
+    const i = this.#queue.indexOf(entry)
+    if (i >= 0) this.#queue.splice(i, 1)
   }
 }

@@ -83,11 +83,14 @@ export function channelErrorCode(err: unknown): number | undefined {
 }
 
 /**
- * The exchange a 404 channel close names ("NOT_FOUND - no exchange 'x' in
- * vhost '/'"), so the publisher can tell which message the broker refused.
+ * The exchange a channel close blames: a 404 ("NOT_FOUND - no exchange 'x' in
+ * vhost '/'") or a 403 ("ACCESS_REFUSED - cannot publish to internal exchange
+ * 'x' in vhost '/'", "access to exchange 'x' in vhost '/' refused for user
+ * 'u'"), so the publisher can tell which messages the broker refused.
  */
-export function missingExchangeOf(err: unknown): string | undefined {
-  if (channelErrorCode(err) !== 404) return undefined
-  const m = /no exchange '([^']*)' in vhost/.exec(String((err as { message?: unknown } | null)?.message ?? ''))
-  return m?.[1]
+export function refusedExchangeOf(err: unknown): { code: 403 | 404; exchange: string } | undefined {
+  const code = channelErrorCode(err)
+  if (code !== 404 && code !== 403) return undefined
+  const m = /exchange '([^']*)' in vhost/.exec(String((err as { message?: unknown } | null)?.message ?? ''))
+  return m?.[1] === undefined ? undefined : { code, exchange: m[1] }
 }

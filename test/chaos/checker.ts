@@ -24,8 +24,8 @@ import { join } from 'node:path'
 import WebSocket from 'ws'
 import { startBroker, type PrivateBroker } from '../fixtures/broker.js'
 import { startFaultProxy, type FaultProxy } from '../fixtures/fault-proxy.js'
-import { delay, waitFor } from '../fixtures/wait.js'
-import { FAULT_KINDS, makeFault, rng, shuffled, type FaultKind } from './faults.js'
+import { delay, freePorts, waitFor } from '../fixtures/wait.js'
+import { FAULT_KINDS, SPOOL_ONLY_FAULTS, makeFault, rng, shuffled, type FaultKind } from './faults.js'
 import { History, type CheckResult } from './history.js'
 import { startSidecarProcess, type SidecarProcess } from './sidecar-process.js'
 
@@ -65,6 +65,12 @@ export interface ChaosOptions {
   sabotage?: boolean
   /** Keep the work directory (sidecar log and config) even when the run passes. */
   keepDir?: boolean
+  /**
+   * Publish with X-Ack: accepted into a durable spool (202 counts as a
+   * promise, like 200), and add the sidecar-kill fault: kill -9, then a start
+   * on the same spool directory.
+   */
+  spool?: boolean
 }
 
 export interface ChaosReport extends CheckResult {
@@ -99,7 +105,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     consumers: 2,
     ratePerPublisher: 50,
     seed: Math.floor(Math.random() * 2 ** 31),
-    faults: FAULT_KINDS,
+    faults: opts.spool ? FAULT_KINDS : FAULT_KINDS.filter((f) => !SPOOL_ONLY_FAULTS.includes(f)),
     holdMs: [1500, 4500] as const,
     holdMsByKind: { blackhole: [2000, 9000] } as Partial<Record<FaultKind, readonly [number, number]>>,
     clearMs: [1000, 3000] as const,
@@ -127,18 +133,37 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
   try {
     broker = await startBroker()
     proxy = await startFaultProxy({ upstreamHost: '127.0.0.1', upstreamPort: broker.port })
-    sidecar = await startSidecarProcess(dir, {
+    // --spool: fixed ports, so the apps' URLs survive a kill and restart of the sidecar.
+    const [apiPort, opsPort] = o.spool ? await freePorts(2) : [0, 0]
+    const sidecarConfig = {
+      api: { port: apiPort },
+      ops: { host: '127.0.0.1', port: opsPort },
       amqp: {
         urls: [`amqp://guest:guest@127.0.0.1:${proxy.port}/%2F`],
         heartbeatSeconds: o.heartbeatSeconds,
         reconnect: { initialDelayMs: 100, maxDelayMs: 2000 },
       },
-      publish: { timeoutMs: o.publishTimeoutMs },
+      publish: { timeoutMs: o.publishTimeoutMs, ...(o.spool ? { spool: { dir: join(dir, 'spool') } } : {}) },
       topology: { queues: [{ name: queue, durable: true, ...(o.queueType === 'quorum' ? { arguments: { 'x-queue-type': 'quorum' } } : {}) }] },
       shutdown: { drainMs: 0 },
       log: { level: 'info' },
-    })
-    const sc = sidecar
+    }
+    sidecar = await startSidecarProcess(dir, sidecarConfig)
+    // The current process: a sidecar-kill fault replaces it (same ports, same spool).
+    const sc = {
+      get api() {
+        return (sidecar as SidecarProcess).api
+      },
+      stop: () => (sidecar as SidecarProcess).stop(),
+    }
+    const sidecarFaults = {
+      kill: async () => {
+        await (sidecar as SidecarProcess).kill()
+      },
+      restart: async () => {
+        sidecar = await startSidecarProcess(dir, sidecarConfig)
+      },
+    }
     await waitReady(sc, 'the sidecar to connect at start')
     for (let i = 0; i < o.consumers; i++) consumers.push(new WsConsumer(sc.api, queue, o.prefetch, history))
     await withDeadline(Promise.all(consumers.map((c) => c.subscribed)), READY_TIMEOUT_MS, 'the WebSocket consumers to subscribe')
@@ -155,7 +180,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     progress.unref()
 
     let publishing = true
-    const loops = Array.from({ length: o.publishers }, (_, k) => publisherLoop(k, sc.api, queue, history, () => publishing, o.ratePerPublisher, o.publishTimeoutMs))
+    const loops = Array.from({ length: o.publishers }, (_, k) => publisherLoop(k, sc.api, queue, history, () => publishing, o.ratePerPublisher, o.publishTimeoutMs, o.spool === true))
     let stolen = 0
     try {
       if (o.sabotage) {
@@ -163,7 +188,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         o.onProgress(`sabotage: a direct consumer stole ${stolen} messages`)
       }
       // The fault cycler: rotate through every kind in a shuffled order per round.
-      const targets = { proxy, broker }
+      const targets = { proxy, broker, ...(o.spool ? { sidecar: sidecarFaults } : {}) }
       let round: FaultKind[] = []
       let rounds = 0
       while (Date.now() < until || (o.fullRound && rounds === 1 && round.length > 0)) {
@@ -255,7 +280,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
 }
 
 /** Both of the sidecar's connections up and the publish one not blocked (its own /v1/status). */
-async function waitReady(sc: SidecarProcess, what: string): Promise<void> {
+async function waitReady(sc: { api: string }, what: string): Promise<void> {
   await waitFor(
     async () => {
       const s = (await (await fetch(`${sc.api}/v1/status`)).json()) as { upstream?: { state?: string }; consumeUpstream?: { state?: string } }
@@ -289,6 +314,7 @@ async function publisherLoop(
   running: () => boolean,
   rate: number,
   timeoutMs: number,
+  accepted: boolean,
 ): Promise<void> {
   const url = `${api}/v1/publish/amq.default/${encodeURIComponent(queue)}`
   const start = Date.now()
@@ -299,7 +325,7 @@ async function publisherLoop(
     try {
       const res = await fetch(url, {
         method: 'POST',
-        headers: { 'content-type': 'text/plain', 'x-message-id': id, 'x-timeout-ms': String(timeoutMs) },
+        headers: { 'content-type': 'text/plain', 'x-message-id': id, 'x-timeout-ms': String(timeoutMs), ...(accepted ? { 'x-ack': 'accepted' } : {}) },
         body: id,
         // The sidecar promises an answer by the deadline; past it plus slack, call it a timeout.
         signal: AbortSignal.timeout(timeoutMs + 5000),
@@ -313,7 +339,7 @@ async function publisherLoop(
     history.settle(id, answer)
     // Pace: at most `rate` per second; after a failure, at least a short pause (no hot loop on 503).
     const due = start + ((seq + 1) * 1000) / rate - Date.now()
-    const pause = answer === 200 ? due : Math.max(due, 100)
+    const pause = answer === 200 || answer === 202 ? due : Math.max(due, 100)
     if (pause > 0 && running()) await delay(pause)
   }
 }

@@ -6,12 +6,16 @@
 import type { PrivateBroker } from '../fixtures/broker.js'
 import type { FaultProxy } from '../fixtures/fault-proxy.js'
 
-export const FAULT_KINDS = ['reset', 'refuse', 'blackhole', 'broker-restart', 'forced-close', 'memory-alarm'] as const
+export const FAULT_KINDS = ['reset', 'refuse', 'blackhole', 'broker-restart', 'forced-close', 'memory-alarm', 'sidecar-kill'] as const
+/** Faults that need --spool: without a spool a killed sidecar loses its 202s by design. */
+export const SPOOL_ONLY_FAULTS: readonly FaultKind[] = ['sidecar-kill']
 export type FaultKind = (typeof FAULT_KINDS)[number]
 
 export interface FaultTargets {
   proxy: FaultProxy
   broker: PrivateBroker
+  /** kill -9 the sidecar process, and start it again on the same spool directory and ports. */
+  sidecar?: { kill(): Promise<void>; restart(): Promise<void> }
 }
 
 export interface Fault {
@@ -26,7 +30,7 @@ export function isFaultKind(s: string): s is FaultKind {
   return (FAULT_KINDS as readonly string[]).includes(s)
 }
 
-export function makeFault(kind: FaultKind, { proxy, broker }: FaultTargets): Fault {
+export function makeFault(kind: FaultKind, { proxy, broker, sidecar }: FaultTargets): Fault {
   const noop = async () => {}
   switch (kind) {
     case 'reset':
@@ -46,6 +50,10 @@ export function makeFault(kind: FaultKind, { proxy, broker }: FaultTargets): Fau
     case 'memory-alarm':
       // Publishing connections are blocked; consumers and acks keep going.
       return { kind, instant: false, inject: () => broker.setMemoryAlarm(true), heal: () => broker.setMemoryAlarm(false) }
+    case 'sidecar-kill':
+      // A crash of the sidecar (OOM kill, node trouble): its spool must keep every 202.
+      if (!sidecar) throw new Error('the sidecar-kill fault needs --spool')
+      return { kind, instant: false, inject: () => sidecar.kill(), heal: () => sidecar.restart() }
   }
 }
 

@@ -79,7 +79,8 @@ export class History {
     const a = this.#attempts.get(id)
     if (!a || a.outcome !== 'pending') throw new Error(`settling ${id}, which is not pending`)
     const notSent = typeof answer === 'number' && ((answer >= 400 && answer < 500) || answer === 503)
-    const outcome: Outcome = answer === 200 ? 'confirmed' : notSent ? 'rejected' : 'unknown'
+    // 202 only comes in --spool mode, where it promises the message is on disk.
+    const outcome: Outcome = answer === 200 || answer === 202 ? 'confirmed' : notSent ? 'rejected' : 'unknown'
     a.outcome = outcome
     a.detail = String(answer)
     this.counts.pending--

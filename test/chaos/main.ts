@@ -10,6 +10,8 @@
  *   --seed S           replay a fault schedule
  *   --faults a,b,...   subset of reset,refuse,blackhole,broker-restart,forced-close,memory-alarm
  *   --quorum           use a quorum queue instead of a classic durable queue
+ *   --spool            publish 202s (X-Ack: accepted) into a durable spool and add the
+ *                      sidecar-kill fault (kill -9, restart on the same spool)
  *   --json             print the report as JSON too
  *   --keep             keep the work directory (sidecar log) even on success
  *   --sabotage         negative control: a direct consumer steals messages for 1 s;
@@ -42,6 +44,7 @@ try {
       seed: { type: 'string' },
       faults: { type: 'string' },
       quorum: { type: 'boolean' },
+      spool: { type: 'boolean' },
       json: { type: 'boolean' },
       keep: { type: 'boolean' },
       sabotage: { type: 'boolean' },
@@ -68,6 +71,7 @@ try {
     seed: args.seed === undefined ? undefined : Number(args.seed),
     faults,
     queueType: args.quorum ? 'quorum' : 'classic',
+    spool: args.spool === true,
     keepDir: args.keep === true,
     sabotage: args.sabotage === true,
     onProgress: log,

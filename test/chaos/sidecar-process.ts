@@ -48,6 +48,8 @@ export interface SidecarProcess {
   readonly warnings: Array<Record<string, unknown>>
   /** SIGTERM (drain, clean AMQP close), SIGKILL after a deadline; resolves with how it exited. */
   stop(): Promise<string>
+  /** SIGKILL at once (a crash); resolves when it is gone. */
+  kill(): Promise<string>
 }
 
 export async function startSidecarProcess(dir: string, config: Record<string, unknown>): Promise<SidecarProcess> {
@@ -56,7 +58,8 @@ export async function startSidecarProcess(dir: string, config: Record<string, un
   // The checker watches both connections from the start: open the consume one at start, not at the first subscription.
   const consume = { connection: 'always', ...(config['consume'] as Record<string, unknown> | undefined) }
   writeFileSync(file, JSON.stringify({ api: { port: 0 }, ops: { host: '127.0.0.1', port: 0 }, ...config, consume }, null, 2))
-  writeFileSync(logFile, '')
+  // A restart (--spool's sidecar-kill) appends to the same log.
+  if (!existsSync(logFile)) writeFileSync(logFile, '')
   const child: ChildProcess = spawn(process.execPath, [sidecarMain(), '--config', file], {
     env: { PATH: process.env.PATH },
     detached: true,
@@ -105,6 +108,10 @@ export async function startSidecarProcess(dir: string, config: Record<string, un
     })()
     return stopping
   }
+  const kill = async (): Promise<string> => {
+    if (exitStatus === undefined) child.kill('SIGKILL')
+    return exited
+  }
   try {
     const l = await waitFor(
       () => {
@@ -113,7 +120,7 @@ export async function startSidecarProcess(dir: string, config: Record<string, un
       },
       { timeoutMs: START_TIMEOUT_MS, what: 'the sidecar process to listen' },
     )
-    return { pid: child.pid as number, api: `http://127.0.0.1:${l.api.port}`, ops: `http://127.0.0.1:${l.ops.port}`, logFile, warnings, stop }
+    return { pid: child.pid as number, api: `http://127.0.0.1:${l.api.port}`, ops: `http://127.0.0.1:${l.ops.port}`, logFile, warnings, stop, kill }
   } catch (err) {
     await stop()
     throw err
