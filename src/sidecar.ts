@@ -18,6 +18,8 @@ import { SecretRegistry } from './observe/redact.js'
 import { PublishBuffer } from './publish/buffer.js'
 import { Publisher } from './publish/publisher.js'
 import { Spool } from './spool/spool.js'
+import { RpcClient } from './rpc/client.js'
+import { Replayer } from './replay/replayer.js'
 import { Upstream } from './upstream/connection.js'
 import { OnDemandConnection } from './upstream/on-demand.js'
 import { detectIdleTimeout, diagnose } from './upstream/diagnosis.js'
@@ -65,12 +67,17 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
   const publisher = new Publisher(upstream, buffer, metrics, log, { deadLetter: config.publish.deadLetter })
   const spool = config.publish.spool.dir === null ? undefined : new Spool(config.publish.spool.dir, config.publish.spool.maxBytes, publisher, log, metrics)
   if (spool) publisher.useStore(spool)
+  // Request/reply has its own channel on the publish connection (direct reply-to).
+  const rpc = new RpcClient(upstream, config.rpc.maxOutstanding, metrics, log)
   // Consumers get their own connection (a memory alarm blocks the publishing one, and must not block acks),
   // unless the operator chose one shared connection; by default it opens only while something consumes.
   const mode = config.consume.connection
   const consumeUpstream = mode === 'shared' ? upstream : new Upstream('consume', config, log, metrics, secrets)
   const onDemand = mode === 'on-demand' ? new OnDemandConnection(consumeUpstream, config.consume.connectionIdleMs, log) : undefined
   const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics, secrets, ...(onDemand ? { onUsers: (n: number) => onDemand.setUsers(n) } : {}) })
+  // A replay is a one-off operator request that publishes anyway: unless the consume connection is always
+  // open, its basic.get runs on the publish connection rather than opening the consume one for it.
+  const replayer = new Replayer({ publishUpstream: upstream, consumeUpstream: mode === 'always' ? consumeUpstream : upstream, allowedExchanges: config.publish.allowedExchanges, metrics, log })
 
   let state: SidecarState = 'created'
   let api: FastifyInstance | undefined
@@ -88,6 +95,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       spool: spool?.status() ?? null,
       consumeUpstream: mode === 'shared' ? { ...upstream.status(), shared: true } : consumeUpstream.status(),
       consumers: consumers.status(),
+      rpc: { outstanding: rpc.outstanding, maxOutstanding: config.rpc.maxOutstanding },
       diagnosis: diagnose({
         state: up.state,
         heartbeatSeconds: up.heartbeatSeconds ?? upstream.heartbeatSeconds,
@@ -161,6 +169,8 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         consumers,
         publishUpstream: upstream,
         metrics,
+        rpc,
+        replayer,
       })
       const opsAddr = await listen(ops, config.ops.host, config.ops.port)
       const apiAddr = await listen(api, config.api.host, config.api.port)
@@ -192,6 +202,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         const drained = await publisher.drain(confirmWait)
         if (!drained) log.warn({ held: buffer.snapshot(), waitedMs: confirmWait }, 'messages still unconfirmed at shutdown; they are answered 504 or logged')
         await step('close the publisher', publisher.close())
+        await step('answer waiting requests', rpc.close())
         await step('close the spool', spool?.close() ?? Promise.resolve())
         // Leases not acked within the drain are requeued (nack requeue=true), never dead-lettered.
         await step('requeue leases and close consumers', consumers.close())

@@ -257,21 +257,9 @@ t.test('row 7: haproxy with a 3 s idle timeout — heartbeat 1 s keeps it alive 
   await checkR(t, amqp, t7(cut.api))
 })
 
-// Row 8 needs a network namespace with NAT (iptables/nft MASQUERADE), a short
-// nf_conntrack_tcp_timeout_established and a rule dropping ctstate INVALID, so that a
-// flow idle past the timeout is forgotten and its next packet dropped. `ip netns` works
-// here, but no iptables, nft or conntrack binary is installed to add those rules, and
-// without them an evicted flow is simply re-tracked (nf_conntrack_tcp_loose) and nothing
-// breaks. Behaviourally it is row 7 (a middlebox forgets an idle flow), and the sidecar's
-// answer is the same heartbeat, covered by the row 7 test above.
-const have = (cmd: string) => spawnSync(cmd, ['--version']).error === undefined
-const natTools = { conntrack: have('conntrack'), iptables: have('iptables'), nft: have('nft') }
-t.test('row 8: NAT/conntrack eviction', {
-  skip:
-    natTools.conntrack && (natTools.iptables || natTools.nft)
-      ? 'the tools are here but the netns + NAT + drop-INVALID reproduction is not written (see the comment above)'
-      : `cannot run here: needs iptables or nft (NAT + drop INVALID) and conntrack; found ${JSON.stringify(natTools)}`,
-}, async () => {})
+// Row 8 (NAT/conntrack eviction) runs with the kernel's NAT in network namespaces:
+// test/idle-eviction-netns-reset.test.ts and test/idle-eviction-netns-drop.test.ts;
+// its userspace twin (the fault proxy as a NAT) is test/idle-eviction-proxy.test.ts.
 
 t.test('S: the URL password never appears unredacted', async (t) => {
   const bad = await fetch(`${sc.api}/v1/publish/no-such-exchange-${Date.now()}/x`, { method: 'POST', body: 'x' })

@@ -41,6 +41,18 @@ export function assertAmqpUrl(url: unknown, where = 'url'): void {
   }
 }
 
+/**
+ * x-delivery-limit caps redeliveries of a poison message, but only quorum
+ * queues count deliveries: on a classic queue the broker accepts and ignores
+ * it, so the cap the operator meant would silently not exist.
+ */
+function assertDeliveryLimit(where: string, args: Record<string, unknown>): void {
+  const limit = args['x-delivery-limit']
+  if (limit === undefined) return
+  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 0) throw new Error(`${where}.x-delivery-limit: must be a non-negative integer`)
+  if (args['x-queue-type'] !== 'quorum') throw new Error(`${where}.x-delivery-limit: only quorum queues count deliveries; add "x-queue-type": "quorum"`)
+}
+
 const EXCHANGE_TYPES = ['direct', 'topic', 'fanout', 'headers', 'x-delayed-message', 'x-consistent-hash']
 
 export function registerFormats(): void {
@@ -115,6 +127,7 @@ export function registerFormats(): void {
           assertOptional(`${w}.exclusive`, q.exclusive, 'boolean')
           assertOptional(`${w}.autoDelete`, q.autoDelete, 'boolean')
           assertOptional(`${w}.arguments`, q.arguments, 'object')
+          if (isObject(q.arguments)) assertDeliveryLimit(`${w}.arguments`, q.arguments)
         })
       },
     },

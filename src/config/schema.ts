@@ -115,6 +115,14 @@ export const schema = {
     },
     connectionIdleMs: ms('With consume.connection "on-demand": how long the consume connection stays open after the last subscription ends.', 30000, 0),
   },
+  rpc: {
+    maxOutstanding: {
+      doc: 'Bound on requests waiting for a reply (POST /v1/rpc, WebSocket rpc); past it a request answers 503 RPC_BUSY.',
+      format: 'integer',
+      default: 1000,
+      min: 1,
+    },
+  },
   topology: {
     exchanges: { doc: 'Exchanges declared on every (re)connect.', format: 'exchange-list', default: [] },
     queues: { doc: 'Queues declared on every (re)connect.', format: 'queue-list', default: [] },

@@ -77,6 +77,7 @@ export interface Config {
     connection: 'on-demand' | 'always' | 'shared'
     connectionIdleMs: number
   }
+  rpc: { maxOutstanding: number }
   topology: { exchanges: ExchangeDecl[]; queues: QueueDecl[]; bindings: BindingDecl[] }
   shutdown: { drainMs: number }
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' }

@@ -2,6 +2,9 @@
  * The delivered-message shape, the same on every surface (DESIGN.md section 3):
  *   {deliveryId, queue, exchange, routingKey, redelivered, body, bodyEncoding,
  *    properties: {messageId, correlationId, contentType, headers, ...}}
+ * plus deliveryCount when the broker counts deliveries (quorum queues'
+ * x-delivery-count header, present from the first redelivery on), so an app
+ * can give up on a poison message before the queue's x-delivery-limit does.
  * The body is a UTF-8 string when the bytes are valid UTF-8, base64 otherwise
  * (or always, when the app asks for base64).
  */
@@ -16,6 +19,8 @@ export interface DeliveredMessage {
   exchange: string
   routingKey: string
   redelivered: boolean
+  /** Earlier delivery attempts (quorum queues' x-delivery-count); absent when the broker gives none. */
+  deliveryCount?: number
   body: string
   bodyEncoding: BodyEncoding
   properties: Record<string, unknown>
@@ -38,23 +43,38 @@ const PROPERTY_NAMES = [
 
 export function toDelivered(deliveryId: string, queue: string, msg: ConsumeMessage, forceBase64 = false): DeliveredMessage {
   const utf8 = !forceBase64 && isUtf8(msg.content)
-  const props = msg.properties as unknown as Record<string, unknown>
-  const properties: Record<string, unknown> = {}
-  for (const name of PROPERTY_NAMES) {
-    const v = props[name]
-    if (v !== undefined && v !== null) properties[name] = jsonSafe(v)
-  }
-  properties['headers'] = jsonSafe(msg.properties.headers ?? {})
+  const count = deliveryCountOf(msg.properties.headers)
   return {
     deliveryId,
     queue,
     exchange: msg.fields.exchange,
     routingKey: msg.fields.routingKey,
     redelivered: msg.fields.redelivered,
+    ...(count === undefined ? {} : { deliveryCount: count }),
     body: msg.content.toString(utf8 ? 'utf8' : 'base64'),
     bodyEncoding: utf8 ? 'utf8' : 'base64',
-    properties,
+    properties: propertiesOf(msg.properties),
   }
+}
+
+/** AMQP properties as JSON: those that are set, and always `headers` (RPC replies use the same shape). */
+export function propertiesOf(amqpProperties: object): Record<string, unknown> {
+  const props = amqpProperties as Record<string, unknown>
+  const properties: Record<string, unknown> = {}
+  for (const name of PROPERTY_NAMES) {
+    const v = props[name]
+    if (v !== undefined && v !== null) properties[name] = jsonSafe(v)
+  }
+  properties['headers'] = jsonSafe(props['headers'] ?? {})
+  return properties
+}
+
+/** x-delivery-count as a number, when the broker set it (a long header may decode as a bigint). */
+function deliveryCountOf(headers: Record<string, unknown> | undefined): number | undefined {
+  const v = headers?.['x-delivery-count']
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return v
+  if (typeof v === 'bigint' && v >= 0n) return Number(v)
+  return undefined
 }
 
 /** AMQP header tables may hold byte arrays, 64-bit integers and nested tables: make them JSON. */

@@ -19,6 +19,10 @@ import { statusRoutes } from './routes/status.js'
 import { pullRoutes } from './routes/pull.js'
 import { ackRoutes } from './routes/ack.js'
 import { wsRoutes } from './ws.js'
+import { rpcRoutes } from './routes/rpc.js'
+import type { RpcClient } from '../rpc/client.js'
+import { replayRoutes } from './routes/replay.js'
+import type { Replayer } from '../replay/replayer.js'
 import type { Consumers } from '../consume/consumers.js'
 import type { Metrics } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
@@ -37,6 +41,10 @@ export interface ApiDeps extends PublishRouteDeps {
   /** The publish connection, whose state WebSocket status frames report too. */
   publishUpstream?: Upstream
   metrics?: Metrics
+  /** Request/reply (POST /v1/rpc, WebSocket rpc); without it those are not served. */
+  rpc?: RpcClient
+  /** Dead-letter replay; needs consumers (the allow-list) too. */
+  replayer?: Replayer
 }
 
 export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
@@ -61,11 +69,13 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
   registerOpenApi(app)
   await app.register(publishRoutes, deps)
   await app.register(statusRoutes, { status: deps.status })
+  if (deps.rpc) await app.register(rpcRoutes, { rpc: deps.rpc, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes })
   if (deps.consumers && deps.publishUpstream && deps.metrics) {
     const { consumers, publishUpstream, metrics } = deps
     await app.register(pullRoutes, { consumers })
     await app.register(ackRoutes, { consumers })
-    await app.register(wsRoutes, { consumers, publishUpstream, metrics, publisher: deps.publisher, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes, log: deps.log })
+    if (deps.replayer) await app.register(replayRoutes, { consumers, replayer: deps.replayer, defaultTimeoutMs: deps.defaults.timeoutMs })
+    await app.register(wsRoutes, { consumers, publishUpstream, metrics, publisher: deps.publisher, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes, log: deps.log, rpc: deps.rpc })
   }
   return app
 }

@@ -14,7 +14,7 @@ export const OPENAPI_PATH = '/v1/openapi.json'
 /** The document names the default listener, not whatever port this process got. */
 const DEFAULT_SERVER = 'http://127.0.0.1:8672'
 
-const RAW_PUBLISH_WILDCARD = '/v1/publish/:exchange/*'
+const RAW_WILDCARDS = ['/v1/publish/:exchange/*', '/v1/rpc/:exchange/*']
 
 function packageVersion(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -24,17 +24,17 @@ function packageVersion(): string {
 type Schema = Record<string, unknown>
 
 /**
- * Documentation-only adjustments: the raw publish routes take any bytes (no
+ * Documentation-only adjustments: the raw publish and rpc routes take any bytes (no
  * body schema can validate them), and the routing-key wildcard gets a name.
  */
 function transform({ schema, url }: { schema: Schema; url: string }): { schema: Schema; url: string } {
-  if (!url.startsWith('/v1/publish/')) return { schema, url }
+  if (!url.startsWith('/v1/publish/') && !url.startsWith('/v1/rpc/')) return { schema, url }
   const out: Schema = {
     ...schema,
     consumes: ['application/octet-stream', '*/*'],
     body: { type: 'string', format: 'binary', description: 'The message body, byte for byte' },
   }
-  if (url !== RAW_PUBLISH_WILDCARD) {
+  if (!RAW_WILDCARDS.includes(url)) {
     const params = schema.params as { properties?: Schema; required?: string[] } | undefined
     const { '*': _wildcard, ...properties } = params?.properties ?? {}
     return { schema: { ...out, params: { ...params, properties } }, url }
@@ -43,7 +43,7 @@ function transform({ schema, url }: { schema: Schema; url: string }): { schema: 
   const { '*': routingKey, ...rest } = params.properties ?? {}
   return {
     schema: { ...out, params: { ...params, properties: { ...rest, routingKey }, required: ['exchange', 'routingKey'] } },
-    url: '/v1/publish/:exchange/:routingKey',
+    url: url.replace(/\*$/, ':routingKey'),
   }
 }
 

@@ -3,8 +3,10 @@
  *
  * Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue},
  *   ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, publish {id, exchange,
- *   routingKey, body, bodyEncoding, properties, headers, mandatory?}, ping.
- * Server ops: message, confirm {id, messageId}, error {id?, code, message},
+ *   routingKey, body, bodyEncoding, properties, headers, mandatory?}, ping,
+ *   rpc {id, exchange, ...} (request/reply: handled by src/rpc/ws-op.ts).
+ * Server ops: message, confirm {id, messageId}, reply {id, body, bodyEncoding,
+ *   properties}, error {id?, code, message},
  *   stale {deliveryIds, reason}, status {upstream, ...}, subscribed, unsubscribed,
  *   result {id, deliveryId, result} (only for acks/nacks that carry an id), pong.
  *
@@ -26,6 +28,8 @@ import type { Metrics } from '../observe/metrics.js'
 import { fromEnvelope, type Envelope, type PublishDefaults } from '../publish/message.js'
 import type { Publisher } from '../publish/publisher.js'
 import type { Upstream, UpstreamState } from '../upstream/connection.js'
+import type { RpcClient } from '../rpc/client.js'
+import { rpcOp } from '../rpc/ws-op.js'
 import { sendError, toSidecarError } from './errors.js'
 
 export interface WsDeps {
@@ -36,6 +40,7 @@ export interface WsDeps {
   bodyLimitBytes: number
   log: Logger
   metrics: Metrics
+  rpc?: RpcClient | undefined
 }
 
 /** How often the server pings; a client that missed the previous ping's pong is cut. */
@@ -62,7 +67,7 @@ export async function wsRoutes(app: FastifyInstance, deps: WsDeps): Promise<void
   const doc = {
     summary: 'WebSocket: subscribe, ack, nack and publish over one socket',
     description:
-      'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, ping. Server ops: message, confirm, error, stale, status, subscribed, unsubscribed, result, pong. See docs/consuming.md.',
+      'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, rpc {id, exchange, routingKey, body, bodyEncoding, properties, headers, timeoutMs?}, ping. Server ops: message, confirm, reply, error, stale, status, subscribed, unsubscribed, result, pong. See docs/consuming.md and docs/api.md.',
   }
   app.route({
     method: 'GET',
@@ -164,6 +169,8 @@ class WsPeer implements StatusListener {
           return this.#settle(frame)
         case 'publish':
           return void this.#publish(frame).catch((err: unknown) => this.#error(id, err))
+        case 'rpc':
+          return void rpcOp(frame, this.deps).then((reply) => this.#send(reply), (err: unknown) => this.#error(id, err))
         case 'ping':
           return this.#send({ op: 'pong', ...(id === undefined ? {} : { id }) })
         default:

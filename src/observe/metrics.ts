@@ -10,6 +10,8 @@ export const PREFIX = 'amqp_sidecar_'
 
 export type PublishOutcome = 'confirmed' | 'accepted' | 'unroutable' | 'nacked' | 'unknown' | 'rejected'
 
+export type RpcOutcome = 'replied' | 'unroutable' | 'timeout' | 'unknown' | 'nacked' | 'rejected'
+
 export function createMetrics(registry = new Registry()) {
   collectDefaultMetrics({ register: registry, prefix: PREFIX, eventLoopMonitoringPrecision: 20 })
   const r = [registry]
@@ -38,7 +40,7 @@ export function createMetrics(registry = new Registry()) {
     upstreamHeartbeat: new Gauge({ name: `${PREFIX}upstream_heartbeat_seconds`, help: 'Negotiated heartbeat of the current connection', labelNames: ['connection'], registers: r }),
     idleTimeoutDetected: new Gauge({
       name: `${PREFIX}upstream_idle_timeout_detected_seconds`,
-      help: 'Idle timeout of a middlebox inferred from repeated disconnects after the same idle time (0: none seen)',
+      help: 'Idle timeout of a middlebox inferred from three recent idle cuts of one kind: the upper end of the bracket /v1/status names (0: none seen)',
       labelNames: ['connection'],
       registers: r,
     }),
@@ -94,6 +96,26 @@ export function createMetrics(registry = new Registry()) {
     nacks: new Counter({ name: `${PREFIX}nacks_total`, help: 'App nacks by result: nacked, stale, unknown', labelNames: ['result'], registers: r }),
     leases: new Gauge({ name: `${PREFIX}leases`, help: 'Deliveries handed out and not yet settled', registers: r }),
     websocketClients: new Gauge({ name: `${PREFIX}websocket_clients`, help: 'Open WebSocket clients', registers: r }),
+    rpc: new Counter({
+      name: `${PREFIX}rpc_total`,
+      help: 'Request/reply outcomes: replied, unroutable, timeout, unknown (link dropped while waiting), nacked, rejected (refused before sending)',
+      labelNames: ['outcome'],
+      registers: r,
+    }),
+    rpcDuration: new Histogram({
+      name: `${PREFIX}rpc_duration_seconds`,
+      help: 'Time from request to reply, for requests that got one',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: r,
+    }),
+    rpcOutstanding: new Gauge({ name: `${PREFIX}rpc_outstanding`, help: 'Requests waiting for a reply (bounded by rpc.maxOutstanding)', registers: r }),
+    rpcLateReplies: new Counter({ name: `${PREFIX}rpc_late_replies_total`, help: 'Replies that matched no waiting request (it timed out, or the correlation id is unknown); dropped', registers: r }),
+    replayed: new Counter({
+      name: `${PREFIX}replay_messages_total`,
+      help: 'Dead-letter replay, per message: replayed, or the reason it was left in the queue (no-x-death, no-origin, exchange-not-allowed, exchange-not-found, unroutable, nacked, unconfirmed)',
+      labelNames: ['outcome'],
+      registers: r,
+    }),
     pushAttempts: new Counter({ name: `${PREFIX}push_attempts_total`, help: 'HTTP push attempts by outcome', labelNames: ['outcome'], registers: r }),
   }
 }

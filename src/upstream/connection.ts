@@ -20,7 +20,7 @@ import { brokerUrls, socketOptions } from './endpoints.js'
 import { IdleMeter } from './idle-meter.js'
 import { Backoff } from './backoff.js'
 import { classifyError, type DisconnectCause } from './classify.js'
-import { detectIdleTimeout } from './diagnosis.js'
+import { bracketText, detectIdleTimeout } from './diagnosis.js'
 import { declareTopology, TopologyError } from './topology.js'
 
 /**
@@ -43,8 +43,13 @@ export interface DisconnectRecord {
   code: string | number | undefined
   message: string
   at: string
-  /** How long no byte crossed the socket before it died; null when it never connected. */
+  /**
+   * How long no byte crossed the socket before the write or timer that met the
+   * cut (see idle-meter.ts); null when it never connected.
+   */
   idleMsBefore: number | null
+  /** The longest idle period this connection survived before; null when it never connected. */
+  longestSurvivedIdleMs: number | null
   /** True for a failed connection attempt, false for a lost live connection. */
   duringConnect: boolean
 }
@@ -265,7 +270,9 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
 
   #onDisconnect(err: unknown): void {
     const wasConnected = this.#connection !== undefined
-    const idle = this.#idle.idleMs()
+    const c = classifyError(err)
+    // A keepalive timeout was met by the first probe, keepAliveDelayMs after the last byte.
+    const idle = wasConnected ? this.#idle.readCut(c.cause === 'etimedout' ? this.config.amqp.keepAliveDelayMs : undefined) : null
     const lived = this.#connectedAt ? Date.now() - this.#connectedAt : 0
     this.#connection = undefined
     this.#socket = undefined
@@ -275,8 +282,14 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.metrics.upstreamConnected.set(this.#labels, 0)
     this.metrics.upstreamBlocked.set(this.#labels, 0)
     if (this.#state === 'closed') return
-    const c = classifyError(err)
-    const record: DisconnectRecord = { ...c, message: this.secrets.scrub(c.message), at: new Date().toISOString(), idleMsBefore: wasConnected ? idle : null, duringConnect: false }
+    const record: DisconnectRecord = {
+      ...c,
+      message: this.secrets.scrub(c.message),
+      at: new Date().toISOString(),
+      idleMsBefore: idle?.idleMsBefore ?? null,
+      longestSurvivedIdleMs: idle?.longestSurvivedIdleMs ?? null,
+      duringConnect: false,
+    }
     this.#lastDisconnect = record
     this.#history.push(record)
     if (this.#history.length > HISTORY_LENGTH) this.#history.shift()
@@ -293,7 +306,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   #onConnectFailed(err: unknown, url: unknown): void {
     if (this.#state === 'closed' || this.#state === 'idle') return
     const c = classifyError(err)
-    const record: DisconnectRecord = { ...c, message: this.secrets.scrub(c.message), at: new Date().toISOString(), idleMsBefore: null, duringConnect: true }
+    const record: DisconnectRecord = { ...c, message: this.secrets.scrub(c.message), at: new Date().toISOString(), idleMsBefore: null, longestSurvivedIdleMs: null, duringConnect: true }
     this.#lastConnectError = record
     this.metrics.upstreamConnectFailures.inc({ ...this.#labels, cause: c.cause })
     const delay = this.#scheduleReconnect()
@@ -305,8 +318,8 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   }
 
   /**
-   * Resets after about the same idle time mean a load balancer, NAT or firewall
-   * drops idle flows (seeds/000). Say so, and (unless switched off) ask for a
+   * Recent cuts after idle periods longer than any the link survived mean a
+   * load balancer, NAT or firewall drops idle flows (seeds/000). Say so, and (unless switched off) ask for a
    * heartbeat short enough to keep the flow busy: the broker then sends a frame
    * every heartbeat/2 s, well inside the middlebox's timeout.
    */
@@ -316,13 +329,13 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.metrics.idleTimeoutDetected.set(this.#labels, pattern.idleTimeoutSeconds)
     const { enabled, floorSeconds } = this.config.amqp.adaptiveHeartbeat
     const target = Math.max(floorSeconds, Math.floor(pattern.idleTimeoutSeconds / 2))
-    const advice = { idleTimeoutSeconds: pattern.idleTimeoutSeconds, events: pattern.events, heartbeatSeconds: this.heartbeatSeconds }
+    const advice = { ...pattern, heartbeatSeconds: this.heartbeatSeconds }
     if (!enabled) {
-      this.log.warn(advice, `a middlebox closes idle flows after ~${pattern.idleTimeoutSeconds} s; heartbeat is ${this.heartbeatSeconds} s (adaptive heartbeat is off: lower amqp.heartbeatSeconds below the timeout)`)
+      this.log.warn(advice, `a middlebox closes idle flows after ~${pattern.idleTimeoutSeconds} s (${bracketText(pattern)}); heartbeat is ${this.heartbeatSeconds} s (adaptive heartbeat is off: lower amqp.heartbeatSeconds below the timeout)`)
       return
     }
     if (this.heartbeatSeconds !== 0 && this.heartbeatSeconds <= target) return
-    this.log.warn({ ...advice, newHeartbeatSeconds: target }, `a middlebox closes idle flows after ~${pattern.idleTimeoutSeconds} s; lowering the heartbeat from ${this.heartbeatSeconds} s to ${target} s for the next connection`)
+    this.log.warn({ ...advice, newHeartbeatSeconds: target }, `a middlebox closes idle flows after ~${pattern.idleTimeoutSeconds} s (${bracketText(pattern)}); lowering the heartbeat from ${this.heartbeatSeconds} s to ${target} s for the next connection`)
     this.heartbeatSeconds = target
   }
 

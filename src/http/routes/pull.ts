@@ -26,6 +26,7 @@ export const deliveredMessageSchema = {
     exchange: { type: 'string' },
     routingKey: { type: 'string' },
     redelivered: { type: 'boolean' },
+    deliveryCount: { type: 'integer', description: "Earlier delivery attempts (quorum queues' x-delivery-count); absent when the broker gives none" },
     body: { type: 'string' },
     bodyEncoding: { type: 'string', enum: ['utf8', 'base64'] },
     properties: { type: 'object', ...open, properties: { messageId: { type: 'string' }, correlationId: { type: 'string' }, contentType: { type: 'string' }, headers: { type: 'object', ...open } } },
