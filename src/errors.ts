@@ -32,6 +32,7 @@ export const ERROR_CODES = {
   SHUTTING_DOWN: { status: 503, message: 'The sidecar is shutting down', retryAfterSeconds: 1 },
   RPC_BUSY: { status: 503, message: 'Too many requests are waiting for replies (rpc.maxOutstanding)', retryAfterSeconds: 1 },
   UPSTREAM_UNAVAILABLE: { status: 503, message: 'The broker connection is not up', retryAfterSeconds: 1 },
+  TOO_MANY_CONNECTIONS: { status: 503, message: 'The API has api.maxConnections connections open; this one is closed', retryAfterSeconds: 1 },
   PUBLISH_OUTCOME_UNKNOWN: { status: 504, message: 'The outcome of the publish is unknown; retry with the same X-Message-Id' },
   RPC_TIMEOUT: { status: 504, message: 'No reply came before the deadline; the request may have been processed' },
   RPC_OUTCOME_UNKNOWN: { status: 504, message: 'The broker connection dropped while waiting for the reply; the request may have been processed' },

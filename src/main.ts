@@ -73,19 +73,32 @@ async function main(argv: string[]): Promise<number> {
   const hardDeadline = config.shutdown.drainMs + config.publish.timeoutMs + SHUTDOWN_SLACK_MS
   const grace = closeWithGrace({ delay: hardDeadline, logger: { error: (m: unknown) => log.error(String(m)) } }, async ({ signal, err }) => {
     if (err) log.error({ err }, 'fatal error, shutting down')
-    else log.info({ signal }, 'signal received')
+    else if (signal) log.info({ signal }, 'signal received')
+    else log.info('nothing left to run, shutting down')
     await sidecar.shutdown()
   })
   try {
     await sidecar.start()
   } catch (err) {
-    log.fatal({ err }, `could not start: ${(err as Error).message}`)
-    // close-with-grace would run its handler on 'beforeExit' and exit 0, as if a signal came.
+    // close-with-grace would otherwise run again when the loop empties and exit 0.
     grace.uninstall()
+    const reason = startFailure(err)
+    log.fatal({ err }, `could not start: ${reason}`)
     await sidecar.shutdown({ drainMs: 0 })
+    process.stderr.write(`amqp-sidecar: could not start: ${reason}\n`)
     return 1
   }
   return -1
+}
+
+/** One line an operator can act on, for the ways a start fails. */
+function startFailure(err: unknown): string {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number }
+  const where = e.address !== undefined && e.port !== undefined ? `${e.address}:${e.port}` : undefined
+  if (e.code === 'EADDRINUSE' && where) return `${where} is already in use (api.port / ops.port)`
+  if (e.code === 'EACCES' && where) return `no permission to listen on ${where}`
+  if (e.code === 'EADDRNOTAVAIL' && where) return `${where} is not an address of this host (api.host / ops.host)`
+  return e.message ?? String(err)
 }
 
 main(process.argv.slice(2)).then(

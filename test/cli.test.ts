@@ -80,7 +80,7 @@ t.test('check-config prints the effective config with secrets masked', async (t)
   t.equal(r.code, 0, r.stderr)
   t.notMatch(r.stdout + r.stderr, /s3cret-pass/, 'the password never appears')
   const effective = JSON.parse(r.stdout) as { amqp: { urls: unknown }; api: { port: number }; ops: { port: number }; log: { level: string } }
-  t.not(JSON.stringify(effective.amqp.urls).includes('broker.example'), true, 'amqp.urls is masked')
+  t.same(effective.amqp.urls, ['amqp://app:***@broker.example:5672/%2F'], 'amqp.urls shown as user:***@host, like /v1/status')
   t.equal(effective.api.port, 9000, 'from the file')
   t.equal(effective.ops.port, 9001, 'from the flag')
   t.equal(effective.log.level, 'warn', 'from the environment')

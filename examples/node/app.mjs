@@ -121,5 +121,6 @@ async function main() {
 
 main().catch((err) => {
   console.error(`app.mjs: ${err.message}`)
-  process.exitCode = 1
+  // exit() rather than exitCode: an open WebSocket would keep the process alive for ever.
+  process.exit(1)
 })

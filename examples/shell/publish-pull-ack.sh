@@ -23,17 +23,24 @@ fi
 # 1. Publish: the raw body is the message. 200 means the broker confirmed it.
 #    --fail-with-body: exit non-zero on 4xx/5xx and still print the JSON error.
 message_id="shell-$(date +%s)-$$"
+#    (Under `set -e` a failed $(...) would exit before printing it: hence the if.)
 # shellcheck disable=SC2086
-published=$(curl -sS --fail-with-body --max-time 15 $auth_args \
+if ! published=$(curl -sS --fail-with-body --max-time 15 $auth_args \
   -H 'Content-Type: text/plain' -H "X-Message-Id: $message_id" \
   --data-binary "hello from $(hostname) at $(date -u +%FT%TZ)" \
-  "$SIDECAR_URL/v1/publish/$EXCHANGE/$ROUTING_KEY")
+  "$SIDECAR_URL/v1/publish/$EXCHANGE/$ROUTING_KEY"); then
+  echo "publish failed: $published" >&2
+  exit 1
+fi
 echo "published: $published"
 
 # 2. Pull: wait up to 5 s for one message; 204 means none arrived.
 # shellcheck disable=SC2086
-pulled=$(curl -sS --fail-with-body --max-time 20 $auth_args -X POST -w '\n%{http_code}' \
-  "$SIDECAR_URL/v1/queues/$QUEUE/pull?max=1&waitMs=5000&leaseMs=30000")
+if ! pulled=$(curl -sS --fail-with-body --max-time 20 $auth_args -X POST -w '\n%{http_code}' \
+  "$SIDECAR_URL/v1/queues/$QUEUE/pull?max=1&waitMs=5000&leaseMs=30000"); then
+  echo "pull failed: $pulled" >&2
+  exit 1
+fi
 status=$(printf '%s\n' "$pulled" | tail -n 1)
 body=$(printf '%s\n' "$pulled" | sed '$d')
 if [ "$status" = "204" ]; then
@@ -45,11 +52,14 @@ echo "pulled: $body"
 # 3. Ack by deliveryId (parsed with sed: no jq needed).
 delivery_id=$(printf '%s' "$body" | sed -n 's/.*"deliveryId":"\([^"]*\)".*/\1/p')
 # shellcheck disable=SC2086
-acked=$(curl -sS --fail-with-body --max-time 15 $auth_args \
+if ! acked=$(curl -sS --fail-with-body --max-time 15 $auth_args \
   -H 'Content-Type: application/json' --data "{\"deliveryIds\": [\"$delivery_id\"]}" \
-  "$SIDECAR_URL/v1/ack")
+  "$SIDECAR_URL/v1/ack"); then
+  echo "ack failed: $acked" >&2
+  exit 1
+fi
 echo "acked: $acked"
 case "$acked" in
   *'"result":"acked"'*) exit 0 ;;
-  *) exit 1 ;;
+  *) echo "ack not acked: $acked" >&2; exit 1 ;;
 esac

@@ -57,6 +57,14 @@ const EXCHANGE_TYPES = ['direct', 'topic', 'fanout', 'headers', 'x-delayed-messa
 
 export function registerFormats(): void {
   convict.addFormats({
+    // convict's Boolean turns every string but "false" into true ("no", "0", "off",
+    // "nope" all meant true). Only true and false, in any case, are accepted.
+    boolean: {
+      validate(v: unknown) {
+        if (typeof v !== 'boolean') throw new Error('must be true or false')
+      },
+      coerce: (v: unknown) => (typeof v === 'string' && /^(true|false)$/i.test(v.trim()) ? v.trim().toLowerCase() === 'true' : v),
+    },
     // convict's own 'nat' ignores `min`; this one enforces it (and `max`, when a key has one).
     integer: {
       validate(v: unknown, schemaObj: convict.SchemaObj) {
@@ -70,7 +78,8 @@ export function registerFormats(): void {
     },
     'amqp-url-list': {
       validate(v: unknown) {
-        if (!Array.isArray(v) || v.length === 0) throw new Error('must be a non-empty list of amqp:// or amqps:// URLs')
+        // Empty is allowed here: amqp.urlFile, when set, wins (loadConfig checks that one of them is given).
+        if (!Array.isArray(v)) throw new Error('must be a list of amqp:// or amqps:// URLs')
         v.forEach((u, i) => assertAmqpUrl(u, `[${i}]`))
       },
       coerce: (v: unknown) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : v),

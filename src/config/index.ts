@@ -5,19 +5,18 @@
  * config/default.json next to the package.
  */
 import convict from 'convict'
-import JSON5 from 'json5'
 import { existsSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { redactUrl } from '../observe/redact.js'
 import { registerFormats } from './formats.js'
 import { schema } from './schema.js'
+import { blame, readConfigFile, type Sources } from './sources.js'
 import type { Config, SidecarConfig } from './types.js'
 
 export type { SidecarConfig } from './types.js'
 
 registerFormats()
-// The annotated example (config/example.jsonc) carries comments; JSON5 reads it.
-convict.addParser([{ extension: ['jsonc', 'json5'], parse: (text: string) => JSON5.parse(text) }])
 
 const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const DEFAULT_CONFIG_FILE = join(PACKAGE_ROOT, 'config', 'default.json')
@@ -64,27 +63,45 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   refuseSecretFlags(rest)
   const file = opts.file !== undefined ? opts.file : flagFile ?? env.AMQP_SIDECAR_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : null)
   const conf = convict<Config>(schema as never, { env, args: rest })
+  const sources: Sources = { args: rest, env, file, fileValues: undefined, overrides: opts.overrides }
   try {
     if (file) {
       if (!existsSync(file)) throw new ConfigError(`config file not found: ${file}`)
-      conf.loadFile(file)
+      try {
+        sources.fileValues = readConfigFile(file)
+      } catch (err) {
+        throw new ConfigError(`invalid configuration: ${(err as Error).message}`)
+      }
+      // load() re-applies env and argv over the file, like loadFile() did.
+      conf.load(sources.fileValues as never)
     }
     if (opts.overrides) conf.load(opts.overrides as never)
     conf.validate({ allowed: 'strict' })
   } catch (err) {
     if (err instanceof ConfigError) throw err
     // convict's messages name the key and the problem; our formats never echo secrets.
-    throw new ConfigError(`invalid configuration${file ? ` (${file})` : ''}: ${(err as Error).message}`)
+    throw new ConfigError(`invalid configuration: ${blame((err as Error).message, sources)}`)
   }
   const config = deepFreeze(conf.getProperties()) as SidecarConfig
   if (config.api.headersTimeoutMs > config.api.requestTimeoutMs) {
     // Node refuses this combination at listen time; say so at load time instead.
     throw new ConfigError('invalid configuration: api.headersTimeoutMs must not exceed api.requestTimeoutMs')
   }
+  if (config.amqp.urls.length === 0 && config.amqp.urlFile === null) {
+    throw new ConfigError('invalid configuration: amqp.urls: must be a non-empty list of amqp:// or amqps:// URLs (or set amqp.urlFile)')
+  }
   if (config.amqp.reconnect.initialDelayMs > config.amqp.reconnect.maxDelayMs) {
     throw new ConfigError('invalid configuration: amqp.reconnect.initialDelayMs must not exceed amqp.reconnect.maxDelayMs')
   }
-  return { config, file, describe: () => conf.toString() }
+  return { config, file, describe: () => describe(config) }
+}
+
+/**
+ * The effective config as JSON, broker URLs shown as /v1/status shows them
+ * (amqp://user:***@host/vhost): which broker and user is what an operator checks.
+ */
+function describe(config: SidecarConfig): string {
+  return JSON.stringify({ ...config, amqp: { ...config.amqp, urls: config.amqp.urls.map(redactUrl) } }, null, 2)
 }
 
 /** Flags that would put a secret in argv (visible to every user through ps and /proc). */

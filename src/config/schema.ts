@@ -38,7 +38,7 @@ export const schema = {
     adaptiveHeartbeat: {
       enabled: {
         doc: 'When disconnects show a middlebox cutting idle flows after ~T s, ask for a heartbeat of T/2 s (not below floorSeconds) on the next connection.',
-        format: Boolean,
+        format: 'boolean',
         default: true,
       },
       floorSeconds: { doc: 'The lowest heartbeat adaptation may choose.', format: 'integer', default: 2, min: 1 },
@@ -54,7 +54,7 @@ export const schema = {
       caFile: { doc: 'PEM CA bundle for amqps.', format: 'nullable-string', default: null },
       certFile: { doc: 'PEM client certificate for amqps.', format: 'nullable-string', default: null },
       keyFile: { doc: 'PEM client key for amqps.', format: 'nullable-string', default: null },
-      rejectUnauthorized: { doc: 'Verify the broker certificate.', format: Boolean, default: true },
+      rejectUnauthorized: { doc: 'Verify the broker certificate.', format: 'boolean', default: true },
     },
   },
   api: {
@@ -71,6 +71,11 @@ export const schema = {
     headersTimeoutMs: ms('Deadline for a client to send the complete request head, from connect (slowloris); answered 408.', 10000, 1),
     requestTimeoutMs: ms('Deadline for a client to send the complete request, head and body (slow uploads); answered 408. Waiting for the response does not count.', 60000, 1),
     keepAliveTimeoutMs: ms('How long an idle keep-alive connection is kept open between requests.', 65000, 1),
+    maxConnections: {
+      doc: 'Most connections the API listener holds at once (keep-alive and WebSocket included). One over it is answered 503 TOO_MANY_CONNECTIONS and closed. 0: no cap.',
+      format: 'integer',
+      default: 0,
+    },
   },
   ops: {
     host: { doc: 'Operations listener address (/livez, /readyz, /metrics).', format: String, default: '0.0.0.0' },
@@ -80,8 +85,8 @@ export const schema = {
     timeoutMs: ms('Default per-request publish deadline (X-Timeout-Ms overrides).', 10000, 1),
     maxBufferedMessages: { doc: 'Bound on queued plus unconfirmed messages.', format: 'integer', default: 10000, min: 1 },
     maxBufferedBytes: { doc: 'Bound on queued plus unconfirmed body bytes.', format: 'integer', default: 67108864, min: 1 },
-    mandatory: { doc: 'Publish with mandatory=true by default (unroutable answers 422).', format: Boolean, default: true },
-    persistent: { doc: 'Publish persistent messages by default.', format: Boolean, default: true },
+    mandatory: { doc: 'Publish with mandatory=true by default (unroutable answers 422).', format: 'boolean', default: true },
+    persistent: { doc: 'Publish persistent messages by default.', format: 'boolean', default: true },
     allowedExchanges: { doc: 'Exchanges apps may publish to. null: any.', format: 'nullable-name-list', default: null },
     deadLetter: {
       doc: 'Where a message answered 202 goes when the broker refuses it for good (no such exchange, access refused, unroutable, nacked again and again): {"exchange", "routingKey"}, with the reason in the x-sidecar-error header. null: it is logged at error level with its message_id and counted in amqp_sidecar_accepted_dropped_total.',

@@ -55,6 +55,7 @@ export interface Config {
     headersTimeoutMs: number
     requestTimeoutMs: number
     keepAliveTimeoutMs: number
+    maxConnections: number
   }
   ops: { host: string; port: number }
   publish: {

@@ -35,7 +35,7 @@ function rows(node: Record<string, object>, path: string[], out: string[]): void
     const def = value.sensitive ? '(sensitive)' : code(JSON.stringify(value.default))
     const env = value.env ? code(value.env) : 'file only'
     const arg = value.arg ? code(`--${value.arg}`) : 'file only'
-    const secret = value.sensitive ? ' **Sensitive**: masked by check-config, never accepted on the command line.' : ''
+    const secret = value.sensitive ? ' **Sensitive**: check-config shows the password as `***`; never accepted on the command line.' : ''
     out.push(`| ${code(p.join('.'))} | ${cell(formatName(value.format))} | ${cell(def)} | ${env} | ${arg} | ${cell(value.doc + secret)} |`)
   }
 }
@@ -48,7 +48,11 @@ export function renderConfigReference(): string {
     '',
     'Precedence: command-line flag > environment variable > config file > default. The file comes from',
     '`--config <file>`, else `AMQP_SIDECAR_CONFIG`, else `config/default.json` next to the package.',
-    'Unknown keys and bad values are refused at start with a message naming the key;',
+    'Unknown keys and bad values are refused at start with a message naming the key and where its value came from',
+    '(flag, environment variable or file); a syntax error names the line and column. The file must hold a JSON object;',
+    '`//` and `/* */` comments are allowed in any config file (`.json`, `.jsonc`, `.json5`: all are read as JSON5).',
+    'Booleans are `true` or `false`, in the file, the environment and on the command line alike; anything else',
+    '(`0`, `off`, `no`) is refused rather than guessed.',
     '`amqp-sidecar check-config` validates a file and prints the effective config with secrets masked.',
     '',
     'Secrets come from files (`amqp.urlFile`, `api.tokenFile`), which Kubernetes mounts from a Secret;',

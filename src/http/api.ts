@@ -9,7 +9,7 @@ import { serverLogging } from './server-options.js'
 import { installErrorHandling, sendError } from './errors.js'
 import { installValidation } from './validation.js'
 import { installGuard } from './guard.js'
-import { serverLimits } from './limits.js'
+import { capConnections, serverLimits } from './limits.js'
 import { ApiToken } from './token.js'
 import type { SidecarConfig } from '../config/index.js'
 import type { SecretRegistry } from '../observe/redact.js'
@@ -60,6 +60,8 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
   })
   installErrorHandling(app, deps.log)
   installValidation(app)
+  // Before the guard: a request on a connection over api.maxConnections is not served at all.
+  capConnections(app, deps.api.maxConnections, deps.log)
   // First hook: Origin/Host/token checks run before anything else, WebSocket upgrades included.
   installGuard(app, { allowedHosts: deps.api.allowedHosts, apiHost: deps.api.host, token })
   app.addHook('onRequest', async (_req, reply) => {
@@ -75,7 +77,44 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
     await app.register(pullRoutes, { consumers })
     await app.register(ackRoutes, { consumers })
     if (deps.replayer) await app.register(replayRoutes, { consumers, replayer: deps.replayer, defaultTimeoutMs: deps.defaults.timeoutMs })
-    await app.register(wsRoutes, { consumers, publishUpstream, metrics, publisher: deps.publisher, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes, log: deps.log, rpc: deps.rpc })
+    // One encapsulated scope, as app.register(wsRoutes) would make, so that the
+    // WebSocket server @fastify/websocket decorates it with is in reach of the hook.
+    await app.register(async (scope) => {
+      await wsRoutes(scope, { consumers, publishUpstream, metrics, publisher: deps.publisher, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes, log: deps.log, rpc: deps.rpc })
+      if (token) closeSocketsOnRotation(scope, token, deps.log)
+    })
   }
   return app
+}
+
+/** WebSocket close code sent to a socket opened with an API token that was since rotated. */
+export const WS_CLOSE_TOKEN_ROTATED = 4401
+
+type WsClient = { readyState: number; close(code: number, reason: string): void }
+type WsServer = { clients: Set<WsClient>; on(event: 'connection', fn: (ws: WsClient) => void): void }
+
+/**
+ * A rotated token must end the sessions it opened, not only refuse new requests:
+ * each socket remembers the token generation it was accepted under, and a rotation
+ * closes the older ones with WS_CLOSE_TOKEN_ROTATED (their deliveries are requeued
+ * like any closed socket's). The app reconnects with the new token.
+ */
+function closeSocketsOnRotation(app: FastifyInstance, token: ApiToken, log: Logger): void {
+  const openedUnder = new WeakMap<WsClient, number>()
+  app.addHook('onReady', async () => {
+    const wss = (app as unknown as { websocketServer: WsServer }).websocketServer
+    wss.on('connection', (ws) => openedUnder.set(ws, token.generation))
+    token.onRotate((generation) => {
+      let closed = 0
+      for (const ws of wss.clients) {
+        if ((openedUnder.get(ws) ?? -1) < generation && ws.readyState === 1) {
+          ws.close(WS_CLOSE_TOKEN_ROTATED, 'API token rotated')
+          closed++
+        }
+      }
+      if (closed > 0) log.info({ closed }, 'closed the WebSockets opened with the previous API token')
+    })
+    token.watch()
+  })
+  app.addHook('onClose', async () => token.unwatch())
 }

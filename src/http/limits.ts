@@ -9,22 +9,26 @@
  *   long publishes and long polls are unaffected;
  * - idle keep-alive: api.keepAliveTimeoutMs between requests;
  * - body: api.bodyLimitBytes (fastify's bodyLimit), else 413 PAYLOAD_TOO_LARGE;
- * - WebSocket messages: derived from api.bodyLimitBytes in http/ws.ts (@fastify/websocket's maxPayload).
+ * - WebSocket messages: derived from api.bodyLimitBytes in http/ws.ts (@fastify/websocket's maxPayload);
+ * - connections: api.maxConnections open at once (0: no cap), else 503 TOO_MANY_CONNECTIONS.
  *
  * Errors Node raises before a request exists (bad framing, timeouts, an
  * oversized head) are answered here with the registry's JSON body, because
  * fastify's error handler never sees them.
  */
-import type { FastifyError, FastifyReply } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import { STATUS_CODES, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { SidecarConfig } from '../config/index.js'
 import { SidecarError, type ErrorCode } from '../errors.js'
+import type { Logger } from '../observe/logger.js'
 import { sendError } from './errors.js'
 
 /** Node checks header/request deadlines on an interval (30 s by default): keep it well under the deadline. */
 const MAX_CHECK_INTERVAL_MS = 1_000
 const MIN_CHECK_INTERVAL_MS = 50
+/** How long a refused connection may take to read its 503 before it is destroyed. */
+const REFUSED_LINGER_MS = 5_000
 /**
  * Longest path parameter. fastify's default (100) answered a valid 255-character
  * exchange name with its own 414 body; a 255-byte routing key percent-encoded
@@ -71,10 +75,41 @@ function frameworkErrors(error: FastifyError, _req: unknown, reply: FastifyReply
 /** The raw HTTP/1.1 response for an error raised before fastify had a request. */
 export function rawErrorResponse(error: SidecarError): string {
   const body = JSON.stringify(error.toBody())
+  const retryAfter = error.retryAfterSeconds === undefined ? '' : `Retry-After: ${error.retryAfterSeconds}\r\n`
   return (
     `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}\r\n` +
-    `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+    `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${retryAfter}Connection: close\r\n\r\n${body}`
   )
+}
+
+/**
+ * api.maxConnections: a connection over the cap gets one 503 TOO_MANY_CONNECTIONS
+ * (a clear answer, where Node's own server.maxConnections just drops the socket)
+ * and is closed. Nothing it sends is served: the first onRequest hook ends any
+ * request (or WebSocket upgrade) that arrives on it before the close.
+ */
+export function capConnections(app: FastifyInstance, max: number, log: Logger): void {
+  if (max <= 0) return
+  const refused = new WeakSet<Socket>()
+  let open = 0
+  app.server.prependListener('connection', (socket: Socket) => {
+    if (open >= max) {
+      refused.add(socket)
+      log.warn({ maxConnections: max }, 'API connection refused: api.maxConnections reached')
+      socket.end(rawErrorResponse(new SidecarError('TOO_MANY_CONNECTIONS')))
+      // A client that never reads must not keep the refused socket either.
+      socket.setTimeout(REFUSED_LINGER_MS, () => socket.destroy())
+      return
+    }
+    open++
+    socket.once('close', () => open--)
+  })
+  app.addHook('onRequest', async (req, reply) => {
+    if (refused.has(req.raw.socket)) {
+      reply.hijack()
+      req.raw.socket.destroy()
+    }
+  })
 }
 
 function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {

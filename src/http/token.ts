@@ -54,6 +54,9 @@ export class ApiToken {
   #digest: Buffer
   #checkedAt: number
   #failing = false
+  #generation = 0
+  #listeners = new Set<(generation: number) => void>()
+  #timer: NodeJS.Timeout | undefined
 
   /** Throws TokenFileError when the file cannot be read or holds no valid token. */
   constructor(
@@ -66,6 +69,30 @@ export class ApiToken {
     secrets.add(token)
     this.#digest = digest(token)
     this.#checkedAt = Date.now()
+  }
+
+  /** Bumped on every rotation: what was authenticated under an older one must go. */
+  get generation(): number {
+    return this.#generation
+  }
+
+  /** Calls `fn` after each rotation, with the new generation. Returns an unsubscribe. */
+  onRotate(fn: (generation: number) => void): () => void {
+    this.#listeners.add(fn)
+    return () => this.#listeners.delete(fn)
+  }
+
+  /**
+   * Re-reads the file every recheckMs even with no request arriving, so that long-lived
+   * WebSockets opened with the old token are closed soon after a rotation. Unref'ed.
+   */
+  watch(): void {
+    this.#timer ??= setInterval(() => this.#refresh(), this.recheckMs).unref()
+  }
+
+  unwatch(): void {
+    clearInterval(this.#timer)
+    this.#timer = undefined
   }
 
   /** True when the Authorization header carries the current token. */
@@ -95,6 +122,8 @@ export class ApiToken {
     // Register before swapping, so the new token can never be logged unscrubbed.
     this.secrets.add(token)
     this.#digest = next
+    this.#generation++
     this.log.info({ file: this.file }, 'api.tokenFile changed: the new API token is in force')
+    for (const fn of this.#listeners) fn(this.#generation)
   }
 }

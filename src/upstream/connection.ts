@@ -101,6 +101,11 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.log = log.child({ connection: role })
     this.#backoff = new Backoff(config.amqp.reconnect.initialDelayMs, config.amqp.reconnect.maxDelayMs)
     this.heartbeatSeconds = config.amqp.heartbeatSeconds
+    // A sample from the start: a labelled gauge has none until set, and an alert on
+    // "== 0" or "> 0" cannot tell "not yet" from "no such sidecar".
+    this.metrics.upstreamConnected.set(this.#labels, 0)
+    this.metrics.upstreamBlocked.set(this.#labels, 0)
+    this.metrics.idleTimeoutDetected.set(this.#labels, 0)
   }
 
   get #labels() {
@@ -166,6 +171,11 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.#setState('idle')
     this.log.info('closing the connection: nothing uses it now (it reopens when needed)')
     await this.#closeManager(deadlineMs)
+    // Not down, just not needed: no series, so "connected == 0" alerts do not fire for an idle consume connection.
+    if ((this.#state as UpstreamState) === 'idle') {
+      this.metrics.upstreamConnected.remove(this.#labels)
+      this.metrics.upstreamBlocked.remove(this.#labels)
+    }
   }
 
   async #closeManager(deadlineMs: number): Promise<void> {
@@ -185,6 +195,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       this.log.warn({ deadlineMs }, 'the AMQP connection did not close in time; destroying the socket')
       socket?.destroy()
     }
+    this.log.info({ clean: result !== TIMED_OUT }, result === TIMED_OUT ? 'AMQP connection destroyed' : 'AMQP connection closed')
   }
 
   /** Forces a new connection (used after channel-level faults ACM cannot recover). */
@@ -254,6 +265,10 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     try {
       await declareTopology(connection, this.config.topology)
       this.#topologyError = null
+      const t = this.config.topology
+      if (t.exchanges.length + t.queues.length + t.bindings.length > 0) {
+        this.log.info({ exchanges: t.exchanges.length, queues: t.queues.length, bindings: t.bindings.length }, 'topology declared')
+      }
     } catch (err) {
       this.#topologyError = err instanceof TopologyError ? err : new TopologyError('topology', undefined, err)
       this.metrics.topologyErrors.inc(this.#labels)
