@@ -23,7 +23,7 @@ import { cpuPressure, memory, RssSampler } from './proc.js'
 import type { BenchResults, LatencyRep, RepResult } from './results.js'
 import { startSidecarProcess, type SidecarCommand, type SidecarProcess } from './sidecar-process.js'
 import { summarise } from './summary.js'
-import { percentiles } from './stats.js'
+import { median, percentiles } from './stats.js'
 
 const PLUGINS = ['rabbitmq_management', 'rabbitmq_web_stomp']
 /** Let the sidecar settle (JIT, first GC) before its idle RSS is read. */
@@ -78,7 +78,7 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
   const reps = new Map<string, RepResult[]>()
   const record = (id: string, r: RepResult) => reps.set(id, [...(reps.get(id) ?? []), r])
   const latencyReps: LatencyRep[] = []
-  const resources = { idleRssMB: null as number | null, idleRssAfterLoadMB: null as number | null, loadRssMB: null as number | null, peakRssMB: null as number | null }
+  const resources = { idleRssMB: null as number | null, idleRssAfterLoadMB: null as number | null, loadRssMB: null as number | null, loadRssReps: [] as number[], peakRssMB: null as number | null }
   let serverVersions = { rabbitmq: 'unknown', erlang: 'unknown' }
   let broker: PrivateBroker | undefined
 
@@ -125,7 +125,8 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
     if ((['b', 'c', 'd', 'g', 'h', 'i'] as const).some(wants)) {
       const cmd = hooks.sidecarCommand ?? { nodeArgs: [], entry: join(REPO_ROOT, 'dist', 'main.js') }
       if (!existsSync(cmd.entry)) throw new Error(`${cmd.entry} not found: run \`npm run build\` first (npm run bench does)`)
-      const nodeArgs = opts.profileDir === undefined ? cmd.nodeArgs : [...cmd.nodeArgs, '--cpu-prof', '--cpu-prof-dir', resolve(opts.profileDir)]
+      const withFlags = [...cmd.nodeArgs, ...opts.nodeArgs]
+      const nodeArgs = opts.profileDir === undefined ? withFlags : [...withFlags, '--cpu-prof', '--cpu-prof-dir', resolve(opts.profileDir)]
       progress(`starting the sidecar: node ${[...nodeArgs, cmd.entry].join(' ')}`)
       const started = await startSidecarProcess({ nodeArgs, entry: cmd.entry }, brokerUrl)
       sidecar = started
@@ -176,12 +177,13 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
     if (wants('f') && !webStompUrl) skip('f', 'no Web-STOMP listener on this broker')
 
     const pids = { sidecar: sidecar?.pid, broker: broker?.beamPid }
-    const rss = sidecar ? new RssSampler(sidecar.pid) : undefined
-    rss?.start()
 
     // 6. The repetitions.
     for (let rep = 1; rep <= opts.reps; rep++) {
       const tag = `rep ${rep}/${opts.reps}`
+      // RSS under load: the largest value sampled in each repetition; the report gives their median.
+      const rss = sidecar ? new RssSampler(sidecar.pid) : undefined
+      rss?.start()
       for (const c of PUBLISH_CASES) {
         if (!wants(c.option) || skipped.has(c.option)) continue
         await purge()
@@ -256,8 +258,13 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
         latencyReps.push(lr)
         progress(`${tag} h. p50/p90/p99 direct ${ms(d)}, sidecar ${ms(s)}, added ${ms(lr.added)}${cpu === undefined ? '' : `; sidecar ${cpu.toFixed(3)} CPU s/1000 msgs`}${lat.errors ? ` (${lat.errors} errors: ${lat.firstError})` : ''}`)
       }
+      if (rss) {
+        const max = rss.stop()
+        resources.loadRssReps.push(max)
+        progress(`${tag} largest sidecar RSS sampled under load ${max.toFixed(1)} MB`)
+      }
     }
-    if (rss) resources.loadRssMB = rss.stop()
+    if (resources.loadRssReps.length) resources.loadRssMB = median(resources.loadRssReps)
     if (wants('i') && sidecar) {
       await sleep(settleMs)
       const m = memory(sidecar.pid)

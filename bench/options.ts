@@ -28,6 +28,8 @@ export interface BenchOptions {
   docs: boolean
   /** Run the sidecar under `node --cpu-prof` and keep the profile in this directory. */
   profileDir: string | undefined
+  /** Extra node flags for the sidecar under test (V8 flags, --heap-prof), in order. Default none. */
+  nodeArgs: string[]
   /** The arguments as given, for the record. */
   argv: string[]
 }
@@ -46,6 +48,8 @@ export const USAGE = `npm run bench -- [options]
   --out <file>         results JSON (default bench/results/latest.json)
   --no-docs            do not rewrite docs/benchmarks.md and docs/benchmarks.svg
   --profile <dir>      run the sidecar with --cpu-prof and write the profile there
+  --node-arg <flag>    a node flag for the sidecar under test, e.g. --node-arg=--max-semi-space-size=1
+                       or --node-arg --heap-prof (repeatable)
 `
 
 export class UsageError extends Error {
@@ -67,10 +71,16 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     out: 'bench/results/latest.json',
     docs: !smoke,
     profileDir: undefined,
+    nodeArgs: [],
     argv: [...argv],
   }
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i] as string
+    // --node-arg=--flag=value: the value may itself start with "--".
+    if (flag.startsWith('--node-arg=')) {
+      o.nodeArgs.push(flag.slice('--node-arg='.length))
+      continue
+    }
     const value = () => {
       const v = argv[++i]
       if (v === undefined) throw new UsageError(`${flag} needs a value`)
@@ -119,6 +129,9 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
         break
       case '--profile':
         o.profileDir = value()
+        break
+      case '--node-arg':
+        o.nodeArgs.push(value())
         break
       default:
         throw new UsageError(`unknown option ${flag}`)

@@ -19,6 +19,23 @@ function caseRow(c: CaseResult): string {
   return `| ${c.id} | ${c.title} | ${value} | ${c.skipped ? '–' : pct(c.spread)} | ${vs} | ${fixed(c.sidecarCpuPer1000, 3)} |`
 }
 
+/** The paced-CPU and RSS cases: every repetition, the median, the target. */
+function resourceTable(r: BenchResults): string[] {
+  const target = (id: string) => r.targets.find((t) => t.id === id)
+  const row = (name: string, reps: Array<number | undefined>, med: number | null, id: string | undefined, digits: number) => {
+    const t = id === undefined ? undefined : target(id)
+    const given = reps.filter((v): v is number => v !== undefined)
+    return `| ${name} | ${given.length ? given.map((v) => v.toFixed(digits)).join(', ') : '–'} | ${fixed(med, digits)} | ${t ? `${t.comparison} ${t.limit}` : '–'} |`
+  }
+  return [
+    '| sidecar resource | per repetition | median | target |',
+    '|---|---|---:|---:|',
+    row('idle RSS at start (MB)', [r.resources.idleRssMB ?? undefined], r.resources.idleRssMB, 'i.idle', 1),
+    row('RSS under load, largest sampled (MB)', r.resources.loadRssReps ?? [], r.resources.loadRssMB, 'i.load', 1),
+    row(`cores at a paced ${r.latency.rate.toLocaleString('en-US')} msg/s (CPU s per 1,000 msgs)`, r.latency.reps.map((x) => x.sidecarCpuPer1000), r.latency.sidecarCpuPer1000, 'i.cpu', 3),
+  ]
+}
+
 export function renderMarkdown(r: BenchResults): string {
   const m = r.machine
   const s = r.settings
@@ -52,14 +69,17 @@ export function renderMarkdown(r: BenchResults): string {
     lines.push(row('direct amqplib publish-to-confirm', r.latency.direct), row('sidecar HTTP publish-to-200', r.latency.sidecar), row('**added by the sidecar**', r.latency.added), '| Dapr (published, HTTP) | | +0.49 | +1.21 |', '', '"added" is the median over repetitions of (sidecar - direct) within each repetition, so it is not the difference of the two rows above.')
   }
   const res = r.resources
+  const flags = s.sidecarNodeArgs?.length ? ` ${s.sidecarNodeArgs.join(' ')}` : ''
   lines.push(
     '',
-    `**Sidecar process** (\`node dist/main.js\`, read from /proc): idle RSS ${fixed(res.idleRssMB, 1)} MB at start, ${fixed(res.idleRssAfterLoadMB, 1)} MB idle after the load, ` +
-      `${fixed(res.loadRssMB, 1)} MB largest sampled under load (peak ${fixed(res.peakRssMB, 1)} MB); ${fixed(r.latency.sidecarCpuPer1000, 3)} CPU seconds per 1,000 messages at ${r.latency.rate.toLocaleString('en-US')} msg/s.`,
+    `**Sidecar process** (\`node${flags} dist/main.js\`, read from /proc): idle RSS ${fixed(res.idleRssMB, 1)} MB at start, ${fixed(res.idleRssAfterLoadMB, 1)} MB idle after the load, ` +
+      `${fixed(res.loadRssMB, 1)} MB largest sampled under load (median over repetitions; peak ${fixed(res.peakRssMB, 1)} MB); ${fixed(r.latency.sidecarCpuPer1000, 3)} CPU seconds per 1,000 messages at ${r.latency.rate.toLocaleString('en-US')} msg/s.`,
+    '',
+    ...resourceTable(r),
     '',
     '| target | wanted | this run | holds |',
     '|---|---:|---:|:---:|',
-    ...r.targets.map((t) => `| ${t.id}: ${t.description} | ${t.comparison} ${t.limit} | ${fixed(t.actual, t.id === 'i.idle' ? 1 : 2)} | ${t.pass === null ? 'not measured' : t.pass ? 'yes' : '**no**'} |`),
+    ...r.targets.map((t) => `| ${t.id}: ${t.description} | ${t.comparison} ${t.limit} | ${fixed(t.actual, t.id === 'i.idle' || t.id === 'i.load' ? 1 : t.id === 'i.cpu' ? 3 : 2)} | ${t.pass === null ? 'not measured' : t.pass ? 'yes' : '**no**'} |`),
     '',
   )
   if (r.skipped.length) lines.push('Skipped in this run:', '', ...r.skipped.map((x) => `- ${x.id}: ${x.reason}`), '')
@@ -67,7 +87,20 @@ export function renderMarkdown(r: BenchResults): string {
   return lines.join('\n')
 }
 
-const COLORS = { direct: '#6b7280', sidecar: '#2563eb', peer: '#d97706' }
+const COLORS = { direct: '#6b7280', sidecar: '#2563eb', peer: '#d97706', missed: '#dc2626' }
+
+/** The idle-RSS, loaded-RSS and paced-CPU targets as bars, for the chart. */
+function resourceBars(r: BenchResults): { label: string; value: number; limit: number; digits: number }[] {
+  const bars: { label: string; value: number; limit: number; digits: number }[] = []
+  const add = (id: string, label: string, digits: number) => {
+    const t = r.targets.find((x) => x.id === id)
+    if (t?.actual !== null && t?.actual !== undefined) bars.push({ label, value: t.actual, limit: t.limit, digits })
+  }
+  add('i.idle', 'idle RSS (MB)', 1)
+  add('i.load', 'RSS under load (MB)', 1)
+  add('i.cpu', `cores at a paced ${r.latency.rate.toLocaleString('en-US')} msg/s`, 3)
+  return bars
+}
 
 function colorOf(id: string): string {
   if (id === 'a' || id === 'g.direct') return COLORS.direct
@@ -86,7 +119,9 @@ export function renderSvg(r: BenchResults): string {
   const barW = width - labelW - 150
   const rowH = 30
   const top = 50
-  const height = top + rows.length * rowH + 40
+  const resources = resourceBars(r)
+  const resTop = top + rows.length * rowH + 45
+  const height = resTop + (resources.length ? 30 + resources.length * rowH : 0) + 10
   const out = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="13">`,
     `<rect width="100%" height="100%" fill="#ffffff"/>`,
@@ -108,8 +143,21 @@ export function renderSvg(r: BenchResults): string {
     `<rect x="10" y="${ly - 10}" width="12" height="12" fill="${COLORS.direct}"/><text x="28" y="${ly}">direct amqplib</text>`,
     `<rect x="150" y="${ly - 10}" width="12" height="12" fill="${COLORS.sidecar}"/><text x="168" y="${ly}">amqp-sidecar</text>`,
     `<rect x="290" y="${ly - 10}" width="12" height="12" fill="${COLORS.peer}"/><text x="308" y="${ly}">RabbitMQ's own HTTP / Web-STOMP</text>`,
-    '</svg>',
   )
+  if (resources.length) out.push(`<text x="10" y="${resTop + 18}" font-size="15" font-weight="bold">Sidecar resources (median over repetitions); the line is the target</text>`)
+  resources.forEach((b, i) => {
+    const y = resTop + 30 + i * rowH
+    const scale = Math.max(b.value, b.limit) * 1.15
+    const w = Math.max(1, (b.value / scale) * barW)
+    const tx = labelW + (b.limit / scale) * barW
+    out.push(
+      `<text x="10" y="${y + 19}">${esc(b.label)}</text>`,
+      `<rect x="${labelW}" y="${y + 5}" width="${w.toFixed(1)}" height="${rowH - 10}" fill="${b.value <= b.limit ? COLORS.sidecar : COLORS.missed}"/>`,
+      `<line x1="${tx.toFixed(1)}" y1="${y + 2}" x2="${tx.toFixed(1)}" y2="${y + rowH - 2}" stroke="#111" stroke-width="2"/>`,
+      `<text x="${(labelW + Math.max(w, (b.limit / scale) * barW) + 6).toFixed(1)}" y="${y + 19}">${esc(`${b.value.toFixed(b.digits)} (target ${b.limit})`)}</text>`,
+    )
+  })
+  out.push('</svg>')
   return out.join('\n') + '\n'
 }
 

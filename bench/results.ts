@@ -54,8 +54,10 @@ export interface LatencyResult {
 export interface Resources {
   idleRssMB: number | null
   idleRssAfterLoadMB: number | null
-  /** Largest RSS sampled (every 100 ms) while the publish cases ran. */
+  /** Median over repetitions of the largest RSS sampled (every 100 ms) while the cases of a repetition ran. */
   loadRssMB: number | null
+  /** The largest RSS sampled in each repetition. */
+  loadRssReps: number[]
   peakRssMB: number | null
   skipped?: string
 }
@@ -103,6 +105,8 @@ export interface BenchResults {
     consumeMessages: number
     latencyRate: number
     latencySeconds: number
+    /** Extra node flags the sidecar ran with (--node-arg). */
+    sidecarNodeArgs: string[]
   }
   broker: { kind: 'private' | 'external'; plugins: string[] }
   machine: Machine

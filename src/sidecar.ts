@@ -21,6 +21,7 @@ import { Spool } from './spool/spool.js'
 import { RpcClient } from './rpc/client.js'
 import { Replayer } from './replay/replayer.js'
 import { Upstream } from './upstream/connection.js'
+import { OnDemandConnection } from './upstream/on-demand.js'
 import { detectIdleTimeout, diagnose } from './upstream/diagnosis.js'
 
 export type SidecarState = 'created' | 'running' | 'draining' | 'closing' | 'closed'
@@ -39,7 +40,7 @@ export interface Addresses {
 export interface Sidecar {
   readonly state: SidecarState
   readonly upstream: Upstream
-  /** The second connection, for consumers and their acks (see upstream/connection.ts). */
+  /** The connection consumers and their acks use (see upstream/connection.ts): the second one, or `upstream` when consume.connection is "shared". */
   readonly consumeUpstream: Upstream
   readonly consumers: Consumers
   readonly metrics: Metrics
@@ -68,10 +69,15 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
   if (spool) publisher.useStore(spool)
   // Request/reply has its own channel on the publish connection (direct reply-to).
   const rpc = new RpcClient(upstream, config.rpc.maxOutstanding, metrics, log)
-  // Consumers get their own connection: a memory alarm blocks the publishing one, and must not block acks.
-  const consumeUpstream = new Upstream('consume', config, log, metrics, secrets)
-  const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics, secrets })
-  const replayer = new Replayer({ publishUpstream: upstream, consumeUpstream, allowedExchanges: config.publish.allowedExchanges, metrics, log })
+  // Consumers get their own connection (a memory alarm blocks the publishing one, and must not block acks),
+  // unless the operator chose one shared connection; by default it opens only while something consumes.
+  const mode = config.consume.connection
+  const consumeUpstream = mode === 'shared' ? upstream : new Upstream('consume', config, log, metrics, secrets)
+  const onDemand = mode === 'on-demand' ? new OnDemandConnection(consumeUpstream, config.consume.connectionIdleMs, log) : undefined
+  const consumers = new Consumers({ config, upstream: consumeUpstream, log, metrics, secrets, ...(onDemand ? { onUsers: (n: number) => onDemand.setUsers(n) } : {}) })
+  // A replay is a one-off operator request that publishes anyway: unless the consume connection is always
+  // open, its basic.get runs on the publish connection rather than opening the consume one for it.
+  const replayer = new Replayer({ publishUpstream: upstream, consumeUpstream: mode === 'always' ? consumeUpstream : upstream, allowedExchanges: config.publish.allowedExchanges, metrics, log })
 
   let state: SidecarState = 'created'
   let api: FastifyInstance | undefined
@@ -87,7 +93,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       upstream: up,
       buffer: buffer.snapshot(),
       spool: spool?.status() ?? null,
-      consumeUpstream: consumeUpstream.status(),
+      consumeUpstream: mode === 'shared' ? { ...upstream.status(), shared: true } : consumeUpstream.status(),
       consumers: consumers.status(),
       rpc: { outstanding: rpc.outstanding, maxOutstanding: config.rpc.maxOutstanding },
       diagnosis: diagnose({
@@ -109,8 +115,10 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
     if (upstream.state === 'blocked') reasons.push(`upstream blocked: ${upstream.status().blockedReason}`)
     else if (upstream.state !== 'connected') reasons.push(`upstream ${upstream.state}`)
     if (upstream.topologyError) reasons.push(`topology: ${upstream.topologyError.message}`)
-    // A blocked consume connection still delivers and acks; only a lost one stops consumers.
-    if (consumeUpstream.state !== 'connected' && consumeUpstream.state !== 'blocked') reasons.push(`consume upstream ${consumeUpstream.state}`)
+    // A blocked consume connection still delivers and acks; only a lost one stops consumers. An idle
+    // one (on-demand, nothing consuming) is not needed, so readiness follows the connections that exist.
+    const consumeState = consumeUpstream.state
+    if (consumeUpstream !== upstream && consumeState !== 'idle' && consumeState !== 'connected' && consumeState !== 'blocked') reasons.push(`consume upstream ${consumeState}`)
     if (buffer.full) reasons.push('publish buffer full')
     return { ready: reasons.length === 0, reasons }
   }
@@ -167,7 +175,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
       const opsAddr = await listen(ops, config.ops.host, config.ops.port)
       const apiAddr = await listen(api, config.api.host, config.api.port)
       upstream.start()
-      consumeUpstream.start()
+      if (mode === 'always') consumeUpstream.start()
       consumers.start()
       log.info({ api: apiAddr, ops: opsAddr }, 'amqp-sidecar listening')
       return { api: apiAddr, ops: opsAddr }
@@ -199,6 +207,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
         // Leases not acked within the drain are requeued (nack requeue=true), never dead-lettered.
         await step('requeue leases and close consumers', consumers.close())
         await step('close the API listener', api?.close() ?? Promise.resolve())
+        onDemand?.close()
         // 3. Close the AMQP connections cleanly (connection.close, not a dropped socket); each has its own deadline.
         await Promise.all([upstream.close(), consumeUpstream.close()])
         await step('close the ops listener', ops?.close() ?? Promise.resolve())

@@ -24,6 +24,8 @@ t.test('options', async (t) => {
   t.throws(() => parseOptions(['--only', 'z']), UsageError)
   t.throws(() => parseOptions(['--seconds', '-1']), UsageError)
   t.throws(() => parseOptions(['--bogus']), UsageError)
+  t.same(parseOptions(['--node-arg=--max-semi-space-size=1', '--node-arg', '--heap-prof']).nodeArgs, ['--max-semi-space-size=1', '--heap-prof'], 'node flags for the sidecar, in order')
+  t.throws(() => parseOptions(['--node-arg']), UsageError)
 })
 
 t.test('a smoke run produces well-formed results', async (t) => {
@@ -62,7 +64,13 @@ t.test('a smoke run produces well-formed results', async (t) => {
   t.ok(lat.reps[0] && lat.reps[0].direct.count > 0 && lat.reps[0].sidecar.count > 0, 'latencies were recorded on both sides')
   t.type(lat.added?.p99, 'number')
   t.ok((results.resources.idleRssMB ?? 0) > 0, 'idle RSS was read from /proc')
-  t.equal(results.targets.length, 9)
+  // The RSS-loaded and paced-CPU cases: one figure per repetition, a median, a target each.
+  t.equal(results.resources.loadRssReps.length, 1, 'the RSS under load was sampled in the repetition')
+  t.ok((results.resources.loadRssMB ?? 0) > 0, 'and has a median')
+  t.type(lat.reps[0]?.sidecarCpuPer1000, 'number', 'the paced case measured the sidecar CPU')
+  t.type(lat.sidecarCpuPer1000, 'number', 'and has a median')
+  t.same(results.targets.map((x) => x.id), ['b/a', 'c/a', 'd/a', 'g', 'b/e', 'h.p99', 'j', 'i.idle', 'i.load', 'i.cpu'])
+  for (const id of ['i.idle', 'i.load', 'i.cpu']) t.type(results.targets.find((x) => x.id === id)?.actual, 'number', `target ${id} has a figure`)
   for (const target of results.targets) t.ok(target.pass === null || typeof target.pass === 'boolean', `target ${target.id} is evaluated`)
 
   const file = join(dir, 'results.json')
@@ -71,5 +79,9 @@ t.test('a smoke run produces well-formed results', async (t) => {
   const md = renderMarkdown(results)
   t.ok(md.startsWith(BEGIN_MARKER) && md.endsWith(END_MARKER), 'the docs section is delimited')
   t.match(md, /\| a \|/)
-  t.match(renderSvg(results), /^<svg [^]*<\/svg>\n$/)
+  t.match(md, /\| RSS under load, largest sampled \(MB\) \| [\d.]+ \| [\d.]+ \| <= 90 \|/, 'the loaded-RSS row is in the table')
+  t.match(md, /\| cores at a paced [\d,]+ msg\/s \(CPU s per 1,000 msgs\) \| [\d.]+ \| [\d.]+ \| <= 0.15 \|/, 'the paced-CPU row is in the table')
+  const svg = renderSvg(results)
+  t.match(svg, /^<svg [^]*<\/svg>\n$/)
+  t.match(svg, /RSS under load \(MB\)[^]*cores at a paced/, 'the chart shows the resource cases')
 })

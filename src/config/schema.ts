@@ -118,6 +118,12 @@ export const schema = {
       format: 'nullable-string',
       default: null,
     },
+    connection: {
+      doc: 'The consume connection. "on-demand": a second connection, opened at the first subscription (WebSocket, pull or push) and closed consume.connectionIdleMs after the last one ends. "always": that connection, opened at start. "shared": no second connection; consumers use the publish connection, so a broker memory or disk alarm, which blocks a publishing connection, also stalls their acks and deliveries.',
+      format: ['on-demand', 'always', 'shared'],
+      default: 'on-demand',
+    },
+    connectionIdleMs: ms('With consume.connection "on-demand": how long the consume connection stays open after the last subscription ends.', 30000, 0),
   },
   rpc: {
     maxOutstanding: {

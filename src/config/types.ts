@@ -76,6 +76,8 @@ export interface Config {
     push: PushSubscription[]
     pullIdleMs: number
     pushTokenFile: string | null
+    connection: 'on-demand' | 'always' | 'shared'
+    connectionIdleMs: number
   }
   rpc: { maxOutstanding: number }
   topology: { exchanges: ExchangeDecl[]; queues: QueueDecl[]; bindings: BindingDecl[] }

@@ -47,6 +47,8 @@ export interface ConsumersDeps {
   metrics: Metrics
   /** Push tokens are registered here, so no log line can carry one. */
   secrets: SecretRegistry
+  /** Told how many subscriptions exist after each change: an on-demand connection opens and closes with them. */
+  onUsers?: (subscriptions: number) => void
 }
 
 export type SettleAction = { kind: 'ack' } | { kind: 'nack'; requeue: boolean }
@@ -106,13 +108,19 @@ export class Consumers {
     if (this.#state !== 'running') throw new SidecarError('SHUTTING_DOWN', 'The sidecar is shutting down: no new subscriptions')
     const sub = new Subscription({ queue, prefetch, upstream: this.upstream, topology: this.deps.config.topology, log: this.#log, sink })
     this.#subscriptions.add(sub)
+    this.#usersChanged()
     return sub
   }
 
   /** Stops a subscription and forgets it. */
   async unsubscribe(sub: Subscription): Promise<void> {
     this.#subscriptions.delete(sub)
+    this.#usersChanged()
     await sub.stop()
+  }
+
+  #usersChanged(): void {
+    this.deps.onUsers?.(this.#subscriptions.size)
   }
 
   async pull(queue: string, req: PullRequest): Promise<DeliveredMessage[]> {
@@ -127,11 +135,13 @@ export class Consumers {
         (q) => {
           if (this.#pull.get(queue) === q) this.#pull.delete(queue)
           this.#subscriptions.delete(q.subscription)
+          this.#usersChanged()
         },
       )
       pq = created
       this.#pull.set(queue, created)
       this.#subscriptions.add(created.subscription)
+      this.#usersChanged()
     }
     return pq.pull(req)
   }

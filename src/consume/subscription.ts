@@ -48,6 +48,8 @@ type State = 'idle' | 'consuming' | 'paused' | 'stopped'
 
 const RETRY_INITIAL_MS = 250
 const RETRY_MAX_MS = 10_000
+/** How long a subscription's first answer waits for a connection that is being opened. */
+const FIRST_CONNECT_WAIT_MS = 5_000
 
 export class Subscription {
   readonly queue: string
@@ -89,8 +91,12 @@ export class Subscription {
   async start(): Promise<SubscriptionEvent | { type: 'waiting' }> {
     if (this.#state === 'stopped') return { type: 'failed', code: undefined, message: 'stopped' }
     this.#state = 'consuming'
-    const conn = this.opts.upstream.connection
-    if (!conn || this.opts.upstream.state === 'reconnecting' || this.opts.upstream.state === 'connecting') return { type: 'waiting' }
+    const up = this.opts.upstream
+    const conn = up.connection
+    // A connection being opened for the first time (an on-demand consume connection, just asked for by
+    // this subscription) is worth a short wait, so the answer can still be "active" or QUEUE_NOT_FOUND.
+    if (!conn && up.state === 'connecting' && up.status().lastConnectError === null) return this.#firstOutcomeWithin(FIRST_CONNECT_WAIT_MS)
+    if (!conn || up.state === 'reconnecting' || up.state === 'connecting') return { type: 'waiting' }
     return new Promise((resolve) => {
       const first = (e: SubscriptionEvent | { type: 'waiting' }) => resolve(e)
       this.#firstOutcome = first
@@ -101,6 +107,22 @@ export class Subscription {
           resolve({ type: 'waiting' })
         }
       })
+    })
+  }
+
+  /** The registry attaches every subscription on 'ready'; the first event it emits answers this. */
+  #firstOutcomeWithin(ms: number): Promise<SubscriptionEvent | { type: 'waiting' }> {
+    return new Promise((resolve) => {
+      const first = (e: SubscriptionEvent | { type: 'waiting' }) => {
+        clearTimeout(timer)
+        resolve(e)
+      }
+      const timer = setTimeout(() => {
+        if (this.#firstOutcome === first) this.#firstOutcome = undefined
+        resolve({ type: 'waiting' })
+      }, ms)
+      timer.unref()
+      this.#firstOutcome = first
     })
   }
 

@@ -68,8 +68,8 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', async (_req, reply) => {
     if (!deps.accepting()) return sendError(reply, new SidecarError('SHUTTING_DOWN'))
   })
-  // Before every route: @fastify/swagger documents the routes registered after it.
-  await registerOpenApi(app)
+  // Before every route: the document describes the routes registered after it.
+  registerOpenApi(app)
   await app.register(publishRoutes, deps)
   await app.register(statusRoutes, { status: deps.status })
   if (deps.rpc) await app.register(rpcRoutes, { rpc: deps.rpc, defaults: deps.defaults, bodyLimitBytes: deps.bodyLimitBytes })

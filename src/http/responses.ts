@@ -114,7 +114,7 @@ export const statusResponse = {
   ...open,
   properties: {
     sidecar: { type: 'object', ...open, properties: { state: { type: 'string' }, startedAt: { type: 'string' } } },
-    upstream: { type: 'object', ...open, properties: { state: { type: 'string', enum: ['connecting', 'connected', 'blocked', 'reconnecting', 'closed'] } } },
+    upstream: { type: 'object', ...open, properties: { state: { type: 'string', enum: ['idle', 'connecting', 'connected', 'blocked', 'reconnecting', 'closed'] } } },
     buffer: { type: 'object', ...open },
     diagnosis: {},
   },

@@ -22,7 +22,7 @@ export function createMetrics(registry = new Registry()) {
     setSpoolAgeSource(source: () => number) {
       spoolOldestAge = source
     },
-    upstreamConnected: new Gauge({ name: `${PREFIX}upstream_connected`, help: '1 while the broker connection is open', labelNames: ['connection'], registers: r }),
+    upstreamConnected: new Gauge({ name: `${PREFIX}upstream_connected`, help: '1 while the broker connection is open, 0 while it is down; no series for an idle consume connection (consume.connection on-demand, nothing consuming)', labelNames: ['connection'], registers: r }),
     upstreamBlocked: new Gauge({ name: `${PREFIX}upstream_blocked`, help: '1 while the broker blocks the connection (memory or disk alarm)', labelNames: ['connection'], registers: r }),
     upstreamConnects: new Counter({ name: `${PREFIX}upstream_connects_total`, help: 'Successful broker connections', labelNames: ['connection'], registers: r }),
     upstreamConnectFailures: new Counter({

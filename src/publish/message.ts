@@ -131,6 +131,22 @@ function checkHeaders(headers: Record<string, HeaderValue>): Record<string, Head
   return headers
 }
 
+// No userId: the broker requires it to equal the sidecar's own login, and closes the channel otherwise.
+const STRING_PROPERTIES = ['correlationId', 'replyTo', 'type', 'appId', 'contentType', 'contentEncoding'] as const
+
+/** Request headers that carry AMQP properties on the raw publish route. */
+const PROPERTY_HEADERS = [
+  ['x-message-id', 'messageId'],
+  ['x-correlation-id', 'correlationId'],
+  ['x-reply-to', 'replyTo'],
+  ['x-type', 'type'],
+  ['x-app-id', 'appId'],
+  ['content-type', 'contentType'],
+  ['content-encoding', 'contentEncoding'],
+] as const
+
+const HEADER_PREFIX = 'x-header-'
+
 function build(
   exchange: string,
   rk: string,
@@ -148,9 +164,7 @@ function build(
     persistent: props.persistent ?? defaults.persistent,
     headers: checkHeaders(headers ?? {}),
   }
-  // No userId: the broker requires it to equal the sidecar's own login, and closes the channel otherwise.
-  const strings = ['correlationId', 'replyTo', 'type', 'appId', 'contentType', 'contentEncoding'] as const
-  for (const k of strings) {
+  for (const k of STRING_PROPERTIES) {
     const v = shortString(k, props[k])
     if (v !== undefined) options[k] = v
   }
@@ -166,22 +180,15 @@ function build(
 export function fromRawRequest(exchangeParam: string, routingKeyParam: string | undefined, h: IncomingHttpHeaders, body: Buffer, defaults: PublishDefaults): PublishRequest {
   const exchange = exchangeName(exchangeParam, defaults.allowedExchanges, defaults.internalExchanges)
   const headers: Record<string, HeaderValue> = {}
-  for (const [name, value] of Object.entries(h)) {
-    if (name.startsWith('x-header-') && name.length > 'x-header-'.length) {
-      headers[name.slice('x-header-'.length)] = Array.isArray(value) ? value.join(', ') : (value ?? '')
+  // A hot path (once per request): no per-call arrays (Object.entries, the table above is module-level).
+  for (const name in h) {
+    if (name.length > HEADER_PREFIX.length && name.startsWith(HEADER_PREFIX)) {
+      const value = h[name]
+      headers[name.slice(HEADER_PREFIX.length)] = Array.isArray(value) ? value.join(', ') : (value ?? '')
     }
   }
   const props: PropertiesInput = {}
-  const map = [
-    ['x-message-id', 'messageId'],
-    ['x-correlation-id', 'correlationId'],
-    ['x-reply-to', 'replyTo'],
-    ['x-type', 'type'],
-    ['x-app-id', 'appId'],
-    ['content-type', 'contentType'],
-    ['content-encoding', 'contentEncoding'],
-  ] as const
-  for (const [from, to] of map) {
+  for (const [from, to] of PROPERTY_HEADERS) {
     const v = header(h, from)
     if (v !== undefined) props[to] = v
   }

@@ -31,7 +31,12 @@ import { declareTopology, TopologyError } from './topology.js'
  */
 export type UpstreamRole = 'publish' | 'consume'
 
-export type UpstreamState = 'connecting' | 'connected' | 'blocked' | 'reconnecting' | 'closed'
+/**
+ * 'idle': not opened (yet), or closed on purpose because nothing needs it (the
+ * consume connection of a sidecar with no consumer; see upstream/on-demand.ts).
+ * start() leaves it for 'connecting'; close() ends in 'closed' for good.
+ */
+export type UpstreamState = 'idle' | 'connecting' | 'connected' | 'blocked' | 'reconnecting' | 'closed'
 
 export interface DisconnectRecord {
   cause: DisconnectCause
@@ -64,7 +69,7 @@ const CLOSE_DEADLINE_MS = 5_000
 const HISTORY_LENGTH = 20
 
 export class Upstream extends EventEmitter<UpstreamEvents> {
-  #state: UpstreamState = 'connecting'
+  #state: UpstreamState = 'idle'
   #acm: AmqpConnectionManager | undefined
   #connection: ChannelModel | undefined
   #socket: Socket | undefined
@@ -121,9 +126,10 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   }
 
   start(): void {
-    if (this.#acm) return
+    if (this.#acm || this.#state === 'closed') return
+    this.#setState('connecting')
     const { amqp } = this.config
-    if (amqp.heartbeatSeconds === 0) {
+    if (amqp.heartbeatSeconds === 0 && this.#connects === 0) {
       this.log.warn(
         'amqp.heartbeatSeconds is 0: heartbeats are disabled, so a load balancer, NAT or firewall idle timeout will cut the connection while it is quiet, and a dead broker is noticed only by TCP keepalive',
       )
@@ -136,30 +142,59 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
       connectionOptions: this.#socketOptions(),
     })
     this.#acm = acm
-    acm.on('connect', ({ connection, url }) => void this.#onConnect(connection as ChannelModel, url))
-    acm.on('disconnect', ({ err }) => this.#onDisconnect(err))
-    acm.on('connectFailed', ({ err, url }) => this.#onConnectFailed(err, url))
-    acm.on('blocked', ({ reason }) => this.#onBlocked(reason))
-    acm.on('unblocked', () => this.#onUnblocked())
+    // After stop() a new manager replaces this one: events of the old one are ignored.
+    const current = () => this.#acm === acm
+    acm.on('connect', ({ connection, url }) => void (current() && this.#onConnect(connection as ChannelModel, url)))
+    acm.on('disconnect', ({ err }) => current() && this.#onDisconnect(err))
+    acm.on('connectFailed', ({ err, url }) => current() && this.#onConnectFailed(err, url))
+    acm.on('blocked', ({ reason }) => current() && this.#onBlocked(reason))
+    acm.on('unblocked', () => current() && this.#onUnblocked())
     acm.connect().catch(() => {
       // ACM keeps retrying in the background; failures arrive as 'connectFailed'.
     })
   }
 
-  /** Closes the connection cleanly (the broker logs a normal close), bounded by a deadline. */
+  /** Closes the connection cleanly (the broker logs a normal close), bounded by a deadline. For good: start() does nothing after it. */
   async close(deadlineMs = CLOSE_DEADLINE_MS): Promise<void> {
     if (this.#state === 'closed') return
-    const acm = this.#acm
     this.#setState('closed')
+    await this.#closeManager(deadlineMs)
+  }
+
+  /**
+   * Closes the connection cleanly because nothing needs it now, back to
+   * 'idle'; start() opens it again. Not a disconnect: nothing is counted or
+   * classified, and the backoff and history are kept.
+   */
+  async stop(deadlineMs = CLOSE_DEADLINE_MS): Promise<void> {
+    if (this.#state === 'closed' || this.#state === 'idle') return
+    this.#setState('idle')
+    this.log.info('closing the connection: nothing uses it now (it reopens when needed)')
+    await this.#closeManager(deadlineMs)
+    // Not down, just not needed: no series, so "connected == 0" alerts do not fire for an idle consume connection.
+    if ((this.#state as UpstreamState) === 'idle') {
+      this.metrics.upstreamConnected.remove(this.#labels)
+      this.metrics.upstreamBlocked.remove(this.#labels)
+    }
+  }
+
+  async #closeManager(deadlineMs: number): Promise<void> {
+    const acm = this.#acm
+    const socket = this.#socket
+    this.#acm = undefined
+    this.#connection = undefined
+    this.#socket = undefined
+    this.#connectedAt = undefined
+    this.#blockedReason = null
     this.#idle.stop()
+    this.metrics.upstreamConnected.set(this.#labels, 0)
+    this.metrics.upstreamBlocked.set(this.#labels, 0)
     if (!acm) return
     const result = await withDeadline(acm.close().catch(() => undefined), deadlineMs)
     if (result === TIMED_OUT) {
       this.log.warn({ deadlineMs }, 'the AMQP connection did not close in time; destroying the socket')
-      this.#socket?.destroy()
+      socket?.destroy()
     }
-    this.#connection = undefined
-    this.metrics.upstreamConnected.set(this.#labels, 0)
     this.log.info({ clean: result !== TIMED_OUT }, result === TIMED_OUT ? 'AMQP connection destroyed' : 'AMQP connection closed')
   }
 
@@ -209,7 +244,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   }
 
   async #onConnect(connection: ChannelModel, url: unknown): Promise<void> {
-    if (this.#state === 'closed') return
+    if (this.#state === 'closed' || this.#state === 'idle') return
     const raw = connection as ChannelModel & { connection: { stream: Socket } }
     this.#connection = connection
     this.#socket = raw.connection.stream
@@ -242,7 +277,8 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
         'topology declaration failed: the broker has an object that differs from the config (406 means inequivalent arguments). Fix the config or the broker object; it is retried on the next reconnect',
       )
     }
-    if (this.#connection !== connection || (this.#state as UpstreamState) === 'closed') return
+    const now = this.#state as UpstreamState
+    if (this.#connection !== connection || now === 'closed' || now === 'idle') return
     this.#setState(this.#blockedReason ? 'blocked' : 'connected')
     this.emit('ready', connection)
   }
@@ -283,7 +319,7 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
   }
 
   #onConnectFailed(err: unknown, url: unknown): void {
-    if (this.#state === 'closed') return
+    if (this.#state === 'closed' || this.#state === 'idle') return
     const c = classifyError(err)
     const record: DisconnectRecord = { ...c, message: this.secrets.scrub(c.message), at: new Date().toISOString(), idleMsBefore: null, longestSurvivedIdleMs: null, duringConnect: true }
     this.#lastConnectError = record

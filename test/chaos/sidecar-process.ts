@@ -55,7 +55,9 @@ export interface SidecarProcess {
 export async function startSidecarProcess(dir: string, config: Record<string, unknown>): Promise<SidecarProcess> {
   const file = join(dir, 'sidecar.json')
   const logFile = join(dir, 'sidecar.log')
-  writeFileSync(file, JSON.stringify({ api: { port: 0 }, ops: { host: '127.0.0.1', port: 0 }, ...config }, null, 2))
+  // The checker watches both connections from the start: open the consume one at start, not at the first subscription.
+  const consume = { connection: 'always', ...(config['consume'] as Record<string, unknown> | undefined) }
+  writeFileSync(file, JSON.stringify({ api: { port: 0 }, ops: { host: '127.0.0.1', port: 0 }, ...config, consume }, null, 2))
   // A restart (--spool's sidecar-kill) appends to the same log.
   if (!existsSync(logFile)) writeFileSync(logFile, '')
   const child: ChildProcess = spawn(process.execPath, [sidecarMain(), '--config', file], {
