@@ -3,8 +3,7 @@
  * promtool (Debian's, fetched by scripts/promtool.sh): the rules must load, their
  * unit tests (deploy/prometheus/tests/) must pass, every dashboard expression must
  * parse, and every amqp_sidecar_* name they use must be one a running sidecar
- * exposes on /metrics. Rules for metrics that do not exist yet are kept apart in
- * amqp-sidecar.pending.rules.yaml and are exempt from the name check only.
+ * exposes on /metrics.
  */
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
@@ -16,7 +15,6 @@ import { startSidecar } from './fixtures/sidecar.js'
 
 const RULES_DIR = join(ROOT, 'deploy', 'prometheus')
 const RULES = join(RULES_DIR, 'amqp-sidecar.rules.yaml')
-const PENDING = join(RULES_DIR, 'amqp-sidecar.pending.rules.yaml')
 const UNIT_TESTS = join(RULES_DIR, 'tests', 'amqp-sidecar.test.yaml')
 const DASHBOARD = join(ROOT, 'deploy', 'grafana', 'amqp-sidecar.json')
 /** A metric name; recording rules (amqp_sidecar:...) do not match. */
@@ -61,7 +59,7 @@ const bin = promtool()
 
 t.test('promtool accepts the rule files', async (t) => {
   const files = readdirSync(RULES_DIR).filter((f) => f.endsWith('.rules.yaml'))
-  t.same(files.sort(), ['amqp-sidecar.pending.rules.yaml', 'amqp-sidecar.rules.yaml'])
+  t.same(files.sort(), ['amqp-sidecar.rules.yaml'])
   const r = run(bin, ['check', 'rules', ...files])
   t.equal(r.status, 0, r.out)
 })
@@ -71,7 +69,7 @@ t.test('every alert fires and stays silent as its unit tests say', async (t) => 
   t.equal(r.status, 0, r.out)
   t.match(r.out, /SUCCESS/)
   // Every alert has a test that expects it to fire.
-  const rules = `${readFileSync(RULES, 'utf8')}${readFileSync(PENDING, 'utf8')}`
+  const rules = readFileSync(RULES, 'utf8')
   const tests = readFileSync(UNIT_TESTS, 'utf8')
   const alerts = [...rules.matchAll(/- alert: (\w+)/g)].map((m) => m[1])
   t.ok(alerts.length >= 12, `${alerts.length} alerts`)
@@ -111,7 +109,4 @@ t.test('the rules and the dashboard name only metrics the sidecar exposes', asyn
   t.ok(used.size >= 15, `${used.size} metric names used`)
   for (const [name, where] of used) t.ok(exposed.has(name), `${name} (${where}) is exposed`)
 
-  const pending = new Set([...readFileSync(PENDING, 'utf8').matchAll(METRIC_NAME)].map((m) => m[0]))
-  const arrived = [...pending].filter((name) => exposed.has(name))
-  if (arrived.length > 0) t.comment(`now exposed, move their rules out of amqp-sidecar.pending.rules.yaml: ${arrived.join(', ')}`)
 })
