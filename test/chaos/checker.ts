@@ -455,9 +455,11 @@ async function drainDirectly(url: string, queue: string, history: History): Prom
   }
 }
 
-/** The figures as aligned text lines. */
-export function formatReport(r: ChaosReport): string {
-  const rows: Array<[string, string | number]> = [
+export type ReportRow = [string, string | number]
+
+/** The loss checker's own counts, first in every report (this one and --cluster's). */
+export function historyRows(r: CheckResult): ReportRow[] {
+  return [
     ['attempted', r.attempted],
     ['confirmed (200)', r.confirmed],
     ['unknown (5xx/timeout)', r.unknown],
@@ -466,6 +468,21 @@ export function formatReport(r: ChaosReport): string {
     ['unexpected', r.unexpected],
     ['duplicated (ids)', `${r.duplicated} (${r.duplicateDeliveries} extra deliveries)`],
     ['recovered (unknown, read)', `${r.recovered} ${JSON.stringify(r.recoveredByDetail)}`],
+  ]
+}
+
+/** Rows as aligned text lines, with the examples and work directory of a failed run. */
+export function alignRows(rows: ReportRow[], r: { ok: boolean; examples: unknown; workDir?: string | undefined }): string {
+  if (!r.ok) rows.push(['examples', JSON.stringify(r.examples)])
+  if (r.workDir) rows.push(['work dir (sidecar log)', r.workDir])
+  const w = Math.max(...rows.map(([k]) => k.length))
+  return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n')
+}
+
+/** The figures as aligned text lines. */
+export function formatReport(r: ChaosReport): string {
+  const rows: ReportRow[] = [
+    ...historyRows(r),
     ['rejected but read', r.rejectedButRead],
     ['corrupted', r.corrupted],
     ['read (distinct ids)', `${r.read} (consumers ${r.readByConsumers} deliveries, direct drain ${r.readByDrain})`],
@@ -479,8 +496,5 @@ export function formatReport(r: ChaosReport): string {
     ['load average', `start ${r.loadAvg.start.map((x) => x.toFixed(2)).join(' ')}, end ${r.loadAvg.end.map((x) => x.toFixed(2)).join(' ')}`],
     ['verdict', r.ok ? 'PASS (lost = 0, unexpected = 0)' : 'FAIL'],
   ]
-  if (!r.ok) rows.push(['examples', JSON.stringify(r.examples)])
-  if (r.workDir) rows.push(['work dir (sidecar log)', r.workDir])
-  const w = Math.max(...rows.map(([k]) => k.length))
-  return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n')
+  return alignRows(rows, r)
 }

@@ -23,6 +23,7 @@ import { startCluster, type Cluster } from '../fixtures/cluster.js'
 import { Traffic } from '../fixtures/cluster-traffic.js'
 import { delay, waitFor } from '../fixtures/wait.js'
 import { rng, shuffled } from './faults.js'
+import { alignRows, historyRows, type ReportRow } from './checker.js'
 import type { CheckResult } from './history.js'
 import { startSidecarProcess } from './sidecar-process.js'
 
@@ -166,23 +167,13 @@ async function drain(url: string, queue: string, traffic: Traffic): Promise<void
 }
 
 export function formatClusterReport(r: ClusterChaosReport): string {
-  const rows: Array<[string, string | number]> = [
-    ['attempted', r.attempted],
-    ['confirmed (200)', r.confirmed],
-    ['unknown (5xx/timeout)', r.unknown],
-    ['rejected (4xx, 503)', r.rejected],
-    ['lost', r.lost],
-    ['unexpected', r.unexpected],
-    ['duplicated (ids)', `${r.duplicated} (${r.duplicateDeliveries} extra deliveries)`],
-    ['recovered (unknown, read)', `${r.recovered} ${JSON.stringify(r.recoveredByDetail)}`],
+  const rows: ReportRow[] = [
+    ...historyRows(r),
     ['non-200 answers', JSON.stringify(r.outcomesByDetail)],
     ['failovers (fault to first 200)', r.failovers.map((f) => `${f.fault} ${f.ms ?? '-'} ms`).join('; ')],
     ['run', `${r.seconds} s of faults, ${Math.round(r.durationMs / 1000)} s total, seed ${r.seed}`],
     ['load average', `start ${r.loadAvg.start.map((x) => x.toFixed(2)).join(' ')}, end ${r.loadAvg.end.map((x) => x.toFixed(2)).join(' ')}`],
     ['verdict', r.ok ? 'PASS (lost = 0, unexpected = 0, every request answered by its deadline)' : 'FAIL'],
   ]
-  if (!r.ok) rows.push(['examples', JSON.stringify(r.examples)])
-  if (r.workDir) rows.push(['work dir (sidecar log)', r.workDir])
-  const w = Math.max(...rows.map(([k]) => k.length))
-  return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n')
+  return alignRows(rows, r)
 }
