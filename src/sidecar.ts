@@ -64,7 +64,7 @@ export function buildSidecar(config: SidecarConfig, deps: SidecarDeps): Sidecar 
 
   const upstream = new Upstream('publish', config, log, metrics, secrets)
   const buffer = new PublishBuffer(config.publish.maxBufferedMessages, config.publish.maxBufferedBytes, metrics)
-  const publisher = new Publisher(upstream, buffer, metrics, log, { deadLetter: config.publish.deadLetter })
+  const publisher = new Publisher(upstream, buffer, metrics, log, { deadLetter: config.publish.deadLetter, nackRetryMs: config.publish.nackRetryMs })
   const spool = config.publish.spool.dir === null ? undefined : new Spool(config.publish.spool.dir, config.publish.spool.maxBytes, publisher, log, metrics)
   if (spool) publisher.useStore(spool)
   // Request/reply has its own channel on the publish connection (direct reply-to).

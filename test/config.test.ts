@@ -19,7 +19,7 @@ t.test('defaults match DESIGN.md section 4', async (t) => {
   t.same(config.amqp.reconnect, { initialDelayMs: 500, maxDelayMs: 30000 })
   t.match(config.api, { host: '127.0.0.1', port: 8672, tokenFile: null, bodyLimitBytes: 4194304 })
   t.same(config.ops, { host: '0.0.0.0', port: 8673 })
-  t.same(config.publish, { timeoutMs: 10000, maxBufferedMessages: 10000, maxBufferedBytes: 67108864, mandatory: true, persistent: true, allowedExchanges: null, deadLetter: null, spool: { dir: null, maxBytes: 1073741824 } })
+  t.same(config.publish, { timeoutMs: 10000, maxBufferedMessages: 10000, maxBufferedBytes: 67108864, mandatory: true, persistent: true, allowedExchanges: null, nackRetryMs: 5000, deadLetter: null, spool: { dir: null, maxBytes: 1073741824 } })
   t.same(config.topology, { exchanges: [], queues: [], bindings: [] })
   t.ok(Object.isFrozen(config.amqp), 'the config is frozen')
 })

@@ -26,6 +26,10 @@ async function rolesOnBroker(b: PrivateBroker, name: string): Promise<string[]> 
   return conns.flatMap((c) => (c.connectionName?.startsWith(`${name}:`) ? [c.connectionName.slice(name.length + 1)] : [])).sort()
 }
 
+// Each probe is a rabbitmqctl call, which takes over 10 s on a busy 2-core machine
+// (seen beside stress-ng --cpu 2): the wait is long, and ends as soon as the roles match.
+const ROLES_TIMEOUT_MS = 90_000
+
 const readyz = async (ops: string) => {
   const res = await fetch(`${ops}/readyz`)
   return { status: res.status, body: (await res.json()) as { reasons: string[] } }
@@ -58,13 +62,13 @@ t.test('on-demand: one connection while publishing only; the consume one comes w
   t.equal(m?.['body'], 'one', 'the message published before arrives')
   c.send({ op: 'ack', deliveryId: m?.['deliveryId'], id: 'a1' })
   await c.next((f) => f.op === 'result' && f['id'] === 'a1', 'acked')
-  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'consume,publish', { timeoutMs: 10_000, what: 'two connections on the broker' })
+  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'consume,publish', { timeoutMs: ROLES_TIMEOUT_MS, what: 'two connections on the broker' })
   t.equal((await readyz(sc.ops)).status, 200, 'ready with both connections up')
 
   // The last subscription ends: the connection closes after consume.connectionIdleMs.
   c.send({ op: 'unsubscribe', queue })
   await c.next((f) => f.op === 'unsubscribed', 'unsubscribed')
-  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'publish', { timeoutMs: 20_000, what: 'the consume connection to close after idle' })
+  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'publish', { timeoutMs: ROLES_TIMEOUT_MS, what: 'the consume connection to close after idle' })
   t.equal(sc.sidecar.consumeUpstream.state, 'idle', 'back to idle')
   const metrics = await (await fetch(`${sc.ops}/metrics`)).text()
   t.match(metrics, /amqp_sidecar_upstream_connected\{connection="publish"\} 1/, 'the publish connection is reported up')
@@ -83,7 +87,7 @@ t.test('on-demand: one connection while publishing only; the consume one comes w
   const ack = await fetch(`${sc.api}/v1/ack`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ deliveryIds: [d?.deliveryId] }) })
   t.equal(ack.status, 200)
   // The pull consumer is cancelled after pullIdleMs, then the connection closes after connectionIdleMs.
-  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'publish', { timeoutMs: 20_000, what: 'the consume connection to close after the pull queue went idle' })
+  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'publish', { timeoutMs: ROLES_TIMEOUT_MS, what: 'the consume connection to close after the pull queue went idle' })
   await c.close()
 })
 
@@ -130,7 +134,7 @@ t.test('on-demand: a push subscription in the config opens the consume connectio
     topology: { queues: [{ name: pushQueue, durable: false }] },
     consume: { connection: 'on-demand', connectionIdleMs: 500, push: [{ queue: pushQueue, url }] },
   })
-  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'consume,publish', { timeoutMs: 20_000, what: 'both connections for a sidecar with a push subscription' })
+  await waitFor(async () => (await rolesOnBroker(broker, name)).join() === 'consume,publish', { timeoutMs: ROLES_TIMEOUT_MS, what: 'both connections for a sidecar with a push subscription' })
   await amqp.channel().then((ch) => ch.sendToQueue(pushQueue, Buffer.from('pushed')))
   await waitFor(() => bodies.length > 0, { timeoutMs: 20_000, what: 'the push to the app' })
   t.match(bodies[0], /pushed/, 'the message was pushed over the consume connection')

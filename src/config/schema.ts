@@ -88,6 +88,10 @@ export const schema = {
     mandatory: { doc: 'Publish with mandatory=true by default (unroutable answers 422).', format: 'boolean', default: true },
     persistent: { doc: 'Publish persistent messages by default.', format: 'boolean', default: true },
     allowedExchanges: { doc: 'Exchanges apps may publish to. null: any.', format: 'nullable-name-list', default: null },
+    nackRetryMs: ms(
+      "How long a message the broker nacked is re-sent, on a fresh channel with a backoff of 100 ms doubling to 1 s, counted from its first nack and never past its deadline, before it is answered 502 PUBLISH_NACKED (a 202 message goes to publish.deadLetter). Covers a quorum queue's leader moving; a queue with x-overflow reject-publish answers 502 after this long. 0: the first nack is answered.",
+      5000,
+    ),
     deadLetter: {
       doc: 'Where a message answered 202 goes when the broker refuses it for good (no such exchange, access refused, unroutable, nacked again and again): {"exchange", "routingKey"}, with the reason in the x-sidecar-error header. null: it is logged at error level with its message_id and counted in amqp_sidecar_accepted_dropped_total.',
       format: 'nullable-dead-letter',

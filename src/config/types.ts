@@ -65,6 +65,7 @@ export interface Config {
     mandatory: boolean
     persistent: boolean
     allowedExchanges: string[] | null
+    nackRetryMs: number
     deadLetter: { exchange: string; routingKey: string } | null
     spool: { dir: string | null; maxBytes: number }
   }

@@ -65,7 +65,8 @@ export function createMetrics(registry = new Registry()) {
     }),
     publishResends: new Counter({
       name: `${PREFIX}publish_resends_total`,
-      help: 'Copies of messages written again after their channel or connection died before the confirm (same message_id)',
+      help: 'Copies of messages written again (same message_id), by cause: channel_lost (the channel or connection died before the confirm) or nacked (re-sent on a fresh channel after a basic.nack, within publish.nackRetryMs)',
+      labelNames: ['cause'],
       registers: r,
     }),
     deadLettered: new Counter({

@@ -44,8 +44,12 @@ export interface Entry {
   maybePublished: boolean
   /** Write alone, once nothing else is unconfirmed, so a channel error is pinned on it exactly. */
   isolate: boolean
-  /** Nacks seen so far (202 messages are re-sent a few times after a nack). */
+  /** Nacks seen so far (a nacked message is re-sent for a while: nack.ts). */
   nacks: number
+  /** Epoch ms of the first nack, 0 if none: the re-send window counts from it. */
+  firstNackAt: number
+  /** The last copy written was nacked (and none written since): its deadline answers 502, not 504. */
+  nackedLast: boolean
   /** A copy sent to publish.deadLetter: if that is refused too, it is only logged. */
   readonly deadLetter: boolean
   resolve: (r: PublishResult) => void
@@ -63,6 +67,11 @@ export interface ChannelSlot {
   hasRoom: boolean
   /** The broker's reason, when it closed this channel ('error' comes before 'close'). */
   closeError: unknown
+  /**
+   * Nothing more is written here: the broker nacked on it and a fresh channel
+   * is being opened (nack.ts). It closes once its unconfirmed entries settle.
+   */
+  retiring: boolean
   /** Unconfirmed entries in write order (a Set iterates in insertion order). */
   written: Set<Entry>
   /**
@@ -119,6 +128,8 @@ export function newEntry(
     maybePublished: false,
     isolate: false,
     nacks: 0,
+    firstNackAt: 0,
+    nackedLast: false,
     deadLetter: false,
     resolve,
     reject,

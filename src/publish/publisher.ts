@@ -8,9 +8,10 @@
  * channel that can be reopened after a 404 without dropping the connection.
  *
  *   queued --write--> written --ack--> 200 (or 422 if returned first)
- *     |    ^             |----nack--> 502
- *     |    '--re-send----'--channel or connection died, deadline not passed
- *     '--deadline--> 504 (never sent again)
+ *     |    ^             |----nack--> 502 once nack.ts gives up
+ *     |    '--re-send----'--channel or connection died, or nacked (after a
+ *     |                     backoff, on a fresh channel), deadline not passed
+ *     '--deadline--> 504 (never sent again; 502 if its last copy was nacked)
  *
  * At-least-once: a message written on a channel that died before its confirm
  * is written again on the next channel (same message_id) while its deadline
@@ -21,7 +22,7 @@
  *
  * 202 messages (X-Ack: accepted) have no deadline: they are re-sent until
  * confirmed, and a refusal for good sends them to publish.deadLetter (see
- * refusals.ts). Every message holds room in the PublishBuffer (bytes of body,
+ * settle.ts). Every message holds room in the PublishBuffer (bytes of body,
  * headers and properties) from accept until the broker settles it, except
  * spooled ones, which the spool bounds on disk.
  */
@@ -36,6 +37,7 @@ import type { PublishBuffer } from './buffer.js'
 import { judgeClosedChannel, refusalText } from './channel-close.js'
 import { heldBytes, newEntry, type AckMode, type ChannelSlot, type Entry, type OutgoingMessage, type PublishResult, type Settlement } from './entry.js'
 import { ExchangeRegistry } from './exchanges.js'
+import { judgeNack } from './nack.js'
 import { Settler, type DeadLetterTarget } from './settle.js'
 
 export type { AckMode, OutgoingMessage, PublishResult } from './entry.js'
@@ -44,13 +46,14 @@ export type { AckMode, OutgoingMessage, PublishResult } from './entry.js'
 const REOPEN_DELAY_MS = 100
 /** A message written this many times without a confirm is given up (a loop guard; re-sends are normally few). */
 const MAX_COPIES = 20
-/** A 202 message nacked this many times is refused for good; between nacks it waits NACK_RETRY_MS. */
-const MAX_NACKS = 5
-const NACK_RETRY_MS = 1_000
+/** At most one fresh channel per this long after nacks, so a queue that nacks everything cannot churn channels. */
+const ROTATE_MIN_INTERVAL_MS = 1_000
 const noop = () => {}
 
 export interface PublisherOptions {
   deadLetter?: DeadLetterTarget | null
+  /** How long a nacked message is re-sent before the 502 (publish.nackRetryMs; nack.ts). */
+  nackRetryMs?: number
 }
 
 /** Where 202 messages go instead of memory when publish.spool.dir is set (the Spool). */
@@ -63,6 +66,11 @@ export class Publisher {
   /** 202 messages waiting out a nack before they are queued again. */
   #delayed = new Set<Entry>()
   #slot: ChannelSlot | undefined
+  /** Channels that were nacked on and wait for their unconfirmed messages before they close. */
+  readonly #retiring = new Set<ChannelSlot>()
+  #opening = false
+  #lastRotateAt = 0
+  readonly #nackRetryMs: number
   #flushing = false
   #flushRequested = false
   #closed = false
@@ -78,6 +86,7 @@ export class Publisher {
     opts: PublisherOptions = {},
   ) {
     this.#settle = new Settler(opts.deadLetter ?? null, buffer, metrics, log, (entry) => this.#enqueue(entry))
+    this.#nackRetryMs = opts.nackRetryMs ?? 5_000
     upstream.on('ready', (conn) => void this.#openChannel(conn))
     // Leaving 'blocked' (or reconnecting) may let queued messages go out.
     upstream.on('state', () => this.#flush())
@@ -167,9 +176,10 @@ export class Publisher {
     for (const entry of held) {
       this.#settle.finish(entry, new SidecarError('SHUTTING_DOWN', 'The sidecar shut down before the message was sent', { messageId: entry.msg.options.messageId }), 'rejected', 'abandoned')
     }
-    const slot = this.#slot
+    const slots = [...this.#retiring, ...(this.#slot ? [this.#slot] : [])]
     this.#slot = undefined
-    if (slot) {
+    this.#retiring.clear()
+    for (const slot of slots) {
       for (const entry of slot.written) {
         this.#settle.finish(entry, this.#settle.unknown(entry, 'The sidecar shut down before the broker confirmed the message'), 'unknown', 'abandoned')
       }
@@ -184,16 +194,21 @@ export class Publisher {
   }
 
   async #openChannel(connection: ChannelModel): Promise<void> {
-    if (this.#closed || this.upstream.connection !== connection) return
+    if (this.#closed || this.upstream.connection !== connection || this.#opening) return
     let channel: ConfirmChannel
+    this.#opening = true
     try {
       channel = await connection.createConfirmChannel()
     } catch (err) {
       // The connection died under us; 'ready' fires again after the reconnect.
       this.log.warn({ err: (err as Error).message }, 'could not open the publish channel')
+      // A channel retired after a nack is better than none while the connection lives.
+      if (this.#slot?.retiring && this.#slot.connection === connection) this.#unretire(this.#slot)
       return
+    } finally {
+      this.#opening = false
     }
-    const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, closeError: undefined, written: new Set(), byId: new Map() }
+    const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, retiring: false, closeError: undefined, written: new Set(), byId: new Map() }
     // Prepended so it runs before amqplib's own close handler fails the confirm
     // callbacks: the entries are settled first, and those callbacks find them
     // re-queued instead of mistaking a lost channel for a nack.
@@ -216,13 +231,50 @@ export class Publisher {
       await channel.close().catch(noop)
       return
     }
+    const old = this.#slot
     this.#slot = slot
+    if (old && old !== slot && old.open) this.#retire(old)
     this.#flush()
+  }
+
+  /**
+   * The broker nacked on this channel: write on a fresh one from now on (see
+   * nack.ts for why a fresh channel helps). At most once per interval.
+   */
+  #rotate(slot: ChannelSlot): void {
+    if (slot !== this.#slot || slot.retiring || !slot.open || this.#opening) return
+    const now = Date.now()
+    if (now - this.#lastRotateAt < ROTATE_MIN_INTERVAL_MS) return
+    this.#lastRotateAt = now
+    slot.retiring = true
+    this.log.info('the broker nacked a publish: re-sending on a fresh channel')
+    void this.#openChannel(slot.connection)
+  }
+
+  /** No more writes on `slot`; it closes once its unconfirmed messages are settled. */
+  #retire(slot: ChannelSlot): void {
+    slot.retiring = true
+    this.#retiring.add(slot)
+    this.#closeIfDone(slot)
+  }
+
+  #unretire(slot: ChannelSlot): void {
+    slot.retiring = false
+    this.#flush()
+  }
+
+  #closeIfDone(slot: ChannelSlot): void {
+    if (!slot.retiring || slot === this.#slot || slot.written.size > 0 || !slot.open) return
+    this.#retiring.delete(slot)
+    slot.open = false
+    slot.channel.close().catch(noop)
   }
 
   #onChannelClose(slot: ChannelSlot): void {
     slot.open = false
-    if (this.#slot === slot) this.#slot = undefined
+    this.#retiring.delete(slot)
+    const wasCurrent = this.#slot === slot
+    if (wasCurrent) this.#slot = undefined
     const written = [...slot.written]
     slot.written.clear()
     slot.byId.clear()
@@ -243,12 +295,13 @@ export class Publisher {
       }
     }
     if (requeue.length > 0) {
-      this.metrics.publishResends.inc(requeue.length)
+      this.metrics.publishResends.inc({ cause: 'channel_lost' }, requeue.length)
       this.#queue.unshift(...requeue)
     }
-    // The connection is still up (a channel-level error): reopen the channel.
+    // The connection is still up (a channel-level error): reopen the channel,
+    // unless this one was already replaced (retired after a nack).
     const conn = this.upstream.connection
-    if (!this.#closed && conn && conn === slot.connection) {
+    if (!this.#closed && wasCurrent && conn && conn === slot.connection) {
       setTimeout(() => void this.#openChannel(conn), REOPEN_DELAY_MS).unref()
     }
     this.#flush()
@@ -278,7 +331,7 @@ export class Publisher {
   async #writeQueued(): Promise<void> {
     while (this.#queue.length > 0) {
       const slot = this.#slot
-      if (!slot || !slot.open || !slot.hasRoom || this.upstream.state === 'blocked') return
+      if (!slot || !slot.open || slot.retiring || !slot.hasRoom || this.upstream.state === 'blocked') return
       const entry = this.#queue[0] as Entry
       if (entry.state === 'done') {
         this.#queue.shift()
@@ -302,7 +355,7 @@ export class Publisher {
           this.#settle.refuse(entry, new SidecarError('EXCHANGE_NOT_FOUND', refusalText('EXCHANGE_NOT_FOUND', msg.exchange)))
           continue
         }
-        if (this.#slot !== slot || !slot.open) return
+        if (this.#slot !== slot || !slot.open || slot.retiring) return
       }
       // One copy of an id in flight per channel (returns carry no sequence number);
       // an isolated message waits until nothing else is unconfirmed.
@@ -310,6 +363,7 @@ export class Publisher {
       if (entry.isolate && slot.written.size > 0) return
       this.#queue.shift()
       entry.state = 'written'
+      entry.nackedLast = false
       entry.channel = slot
       entry.copies++
       slot.written.add(entry)
@@ -349,15 +403,17 @@ export class Publisher {
     entry.isolate = false
     const id = entry.msg.options.messageId
     if (err) {
-      if (entry.mode === 'accepted' && ++entry.nacks < MAX_NACKS) {
-        // A nack is usually passing (a queue leader moving, an overflow): try again later.
+      const verdict = judgeNack(entry, Date.now(), this.#nackRetryMs)
+      if (verdict.action === 'retry') {
         entry.state = 'queued'
         this.#delayed.add(entry)
+        this.metrics.publishResends.inc({ cause: 'nacked' })
         setTimeout(() => {
           if (this.#delayed.delete(entry)) this.#enqueue(entry)
-        }, NACK_RETRY_MS).unref()
+        }, verdict.delayMs).unref()
+        this.#rotate(slot)
       } else {
-        this.#settle.refuse(entry, new SidecarError('PUBLISH_NACKED', undefined, { messageId: id }), 'nacked')
+        this.#settle.refuse(entry, this.#nacked(entry), 'nacked')
       }
     } else if (entry.returned) {
       this.#settle.refuse(
@@ -369,8 +425,14 @@ export class Publisher {
       if (entry.mode === 'confirm') this.metrics.publishDuration.observe(Number(process.hrtime.bigint() - entry.startedAt) / 1e9)
       this.#settle.finish(entry, { messageId: id, status: 'confirmed' }, 'confirmed', 'published')
     }
+    this.#closeIfDone(slot)
     // Something held back behind this id, or behind an isolated message, may go now.
     if (this.#queue.length > 0) this.#flush()
+  }
+
+  #nacked(entry: Entry): SidecarError {
+    const again = entry.nacks > 1 ? ` ${entry.nacks} times in ${Date.now() - entry.firstNackAt} ms (re-sent on a fresh channel in between)` : ''
+    return new SidecarError('PUBLISH_NACKED', `The broker nacked the message${again}`, { messageId: entry.msg.options.messageId })
   }
 
   #onDeadline(entry: Entry): void {
@@ -379,6 +441,13 @@ export class Publisher {
       // Not written now (never, or a dead channel's copy waiting to be re-sent):
       // drop it, so it cannot reach the broker after we said 504.
       this.#remove(entry)
+      this.#delayed.delete(entry)
+      if (entry.nackedLast) {
+        // The broker's last word on it was a nack, and no copy is in flight.
+        this.#settle.refuse(entry, this.#nacked(entry), 'nacked')
+        this.#flush()
+        return
+      }
       const text = entry.maybePublished
         ? 'The connection to the broker was lost after the message was sent, and the deadline passed before a re-sent copy could be confirmed'
         : `The deadline passed before the message could be sent (upstream ${this.upstream.state}); it was not sent`

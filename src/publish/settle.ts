@@ -34,7 +34,7 @@ export class Settler {
   /** The broker refused this message for good: answer it, or dead-letter a 202 message. */
   refuse(entry: Entry, err: SidecarError, outcome: PublishOutcome = 'rejected'): void {
     err.messageId = entry.msg.options.messageId
-    if (entry.mode === 'confirm' && entry.maybePublished && err.code !== 'UNROUTABLE' && err.code !== 'PUBLISH_NACKED') {
+    if (entry.mode === 'confirm' && entry.maybePublished && err.code !== 'UNROUTABLE') {
       // An earlier copy may have reached a queue before this one was refused: a
       // refusal would tell the app it was not published, which may be false.
       this.finish(entry, this.unknown(entry, `An earlier copy may have been published; the re-sent copy was refused (${err.code}: ${err.message})`), 'unknown', 'refused')
@@ -118,6 +118,8 @@ export class Settler {
       maybePublished: false,
       isolate: false,
       nacks: 0,
+      firstNackAt: 0,
+      nackedLast: false,
     }
     this.metrics.deadLettered.inc({ reason: outcome === 'rejected' ? err.code.toLowerCase() : outcome })
     this.log.warn(
