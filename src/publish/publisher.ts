@@ -1,7 +1,7 @@
 /**
  * Publishing with honest answers (DESIGN.md sections 2 and 9).
  *
- * The publisher owns a raw confirm channel per connection instead of ACM's
+ * The publisher writes on raw confirm channels (channels.ts) instead of ACM's
  * ChannelWrapper, because an honest status needs facts the wrapper hides:
  * whether a message was written before the deadline (not written: it is
  * dropped, never sent late), which message a basic.return belongs to, and a
@@ -26,15 +26,15 @@
  * headers and properties) from accept until the broker settles it, except
  * spooled ones, which the spool bounds on disk.
  */
-import { IllegalOperationError, type ChannelModel, type ConfirmChannel } from 'amqplib'
+import { IllegalOperationError } from 'amqplib'
 import { TIMED_OUT, withDeadline } from '../deadline.js'
 import { SidecarError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
-import { channelErrorCode } from '../upstream/classify.js'
 import type { PublishBuffer } from './buffer.js'
 import { judgeClosedChannel, refusalText } from './channel-close.js'
+import { PublishChannels } from './channels.js'
 import { heldBytes, newEntry, type AckMode, type ChannelSlot, type Entry, type OutgoingMessage, type PublishResult, type Settlement } from './entry.js'
 import { ExchangeRegistry } from './exchanges.js'
 import { judgeNack } from './nack.js'
@@ -42,12 +42,8 @@ import { Settler, type DeadLetterTarget } from './settle.js'
 
 export type { AckMode, OutgoingMessage, PublishResult } from './entry.js'
 
-/** Pause before reopening a publish channel the broker closed, so a persistent fault cannot spin. */
-const REOPEN_DELAY_MS = 100
 /** A message written this many times without a confirm is given up (a loop guard; re-sends are normally few). */
 const MAX_COPIES = 20
-/** At most one fresh channel per this long after nacks, so a queue that nacks everything cannot churn channels. */
-const ROTATE_MIN_INTERVAL_MS = 1_000
 const noop = () => {}
 
 export interface PublisherOptions {
@@ -65,11 +61,7 @@ export class Publisher {
   #queue: Entry[] = []
   /** 202 messages waiting out a nack before they are queued again. */
   #delayed = new Set<Entry>()
-  #slot: ChannelSlot | undefined
-  /** Channels that were nacked on and wait for their unconfirmed messages before they close. */
-  readonly #retiring = new Set<ChannelSlot>()
-  #opening = false
-  #lastRotateAt = 0
+  readonly #channels: PublishChannels
   readonly #nackRetryMs: number
   #flushing = false
   #flushRequested = false
@@ -87,7 +79,11 @@ export class Publisher {
   ) {
     this.#settle = new Settler(opts.deadLetter ?? null, buffer, metrics, log, (entry) => this.#enqueue(entry))
     this.#nackRetryMs = opts.nackRetryMs ?? 5_000
-    upstream.on('ready', (conn) => void this.#openChannel(conn))
+    this.#channels = new PublishChannels(upstream, log, {
+      writable: () => this.#flush(),
+      closed: (slot, written) => this.#onChannelClose(slot, written),
+      notFound: () => this.#exchanges.clear(),
+    })
     // Leaving 'blocked' (or reconnecting) may let queued messages go out.
     upstream.on('state', () => this.#flush())
   }
@@ -176,16 +172,11 @@ export class Publisher {
     for (const entry of held) {
       this.#settle.finish(entry, new SidecarError('SHUTTING_DOWN', 'The sidecar shut down before the message was sent', { messageId: entry.msg.options.messageId }), 'rejected', 'abandoned')
     }
-    const slots = [...this.#retiring, ...(this.#slot ? [this.#slot] : [])]
-    this.#slot = undefined
-    this.#retiring.clear()
-    for (const slot of slots) {
-      for (const entry of slot.written) {
+    await this.#channels.close((written) => {
+      for (const entry of written) {
         this.#settle.finish(entry, this.#settle.unknown(entry, 'The sidecar shut down before the broker confirmed the message'), 'unknown', 'abandoned')
       }
-      slot.open = false
-      await slot.channel.close().catch(noop)
-    }
+    })
   }
 
   #enqueue(entry: Entry): void {
@@ -193,91 +184,8 @@ export class Publisher {
     this.#flush()
   }
 
-  async #openChannel(connection: ChannelModel): Promise<void> {
-    if (this.#closed || this.upstream.connection !== connection || this.#opening) return
-    let channel: ConfirmChannel
-    this.#opening = true
-    try {
-      channel = await connection.createConfirmChannel()
-    } catch (err) {
-      // The connection died under us; 'ready' fires again after the reconnect.
-      this.log.warn({ err: (err as Error).message }, 'could not open the publish channel')
-      // A channel retired after a nack is better than none while the connection lives.
-      if (this.#slot?.retiring && this.#slot.connection === connection) this.#unretire(this.#slot)
-      return
-    } finally {
-      this.#opening = false
-    }
-    const slot: ChannelSlot = { channel, connection, open: true, hasRoom: true, retiring: false, closeError: undefined, written: new Set(), byId: new Map() }
-    // Prepended so it runs before amqplib's own close handler fails the confirm
-    // callbacks: the entries are settled first, and those callbacks find them
-    // re-queued instead of mistaking a lost channel for a nack.
-    channel.prependListener('close', () => this.#onChannelClose(slot))
-    channel.on('error', (err: unknown) => {
-      slot.closeError = err
-      if (channelErrorCode(err) === 404) this.#exchanges.clear()
-      this.log.warn({ err: (err as Error).message, code: channelErrorCode(err) }, 'the broker closed the publish channel')
-    })
-    channel.on('return', (m: { properties: { messageId?: string } }) => {
-      // A return precedes the ack of the same message; one copy per id is in flight.
-      const entry = m.properties.messageId === undefined ? undefined : slot.byId.get(m.properties.messageId)
-      if (entry) entry.returned = true
-    })
-    channel.on('drain', () => {
-      slot.hasRoom = true
-      this.#flush()
-    })
-    if (this.#closed) {
-      await channel.close().catch(noop)
-      return
-    }
-    const old = this.#slot
-    this.#slot = slot
-    if (old && old !== slot && old.open) this.#retire(old)
-    this.#flush()
-  }
-
-  /**
-   * The broker nacked on this channel: write on a fresh one from now on (see
-   * nack.ts for why a fresh channel helps). At most once per interval.
-   */
-  #rotate(slot: ChannelSlot): void {
-    if (slot !== this.#slot || slot.retiring || !slot.open || this.#opening) return
-    const now = Date.now()
-    if (now - this.#lastRotateAt < ROTATE_MIN_INTERVAL_MS) return
-    this.#lastRotateAt = now
-    slot.retiring = true
-    this.log.info('the broker nacked a publish: re-sending on a fresh channel')
-    void this.#openChannel(slot.connection)
-  }
-
-  /** No more writes on `slot`; it closes once its unconfirmed messages are settled. */
-  #retire(slot: ChannelSlot): void {
-    slot.retiring = true
-    this.#retiring.add(slot)
-    this.#closeIfDone(slot)
-  }
-
-  #unretire(slot: ChannelSlot): void {
-    slot.retiring = false
-    this.#flush()
-  }
-
-  #closeIfDone(slot: ChannelSlot): void {
-    if (!slot.retiring || slot === this.#slot || slot.written.size > 0 || !slot.open) return
-    this.#retiring.delete(slot)
-    slot.open = false
-    slot.channel.close().catch(noop)
-  }
-
-  #onChannelClose(slot: ChannelSlot): void {
-    slot.open = false
-    this.#retiring.delete(slot)
-    const wasCurrent = this.#slot === slot
-    if (wasCurrent) this.#slot = undefined
-    const written = [...slot.written]
-    slot.written.clear()
-    slot.byId.clear()
+  /** The broker closed a publish channel: judge what was unconfirmed on it (channel-close.ts). */
+  #onChannelClose(slot: ChannelSlot, written: Entry[]): void {
     const { verdicts, blamed } = judgeClosedChannel(written, slot.closeError)
     if (blamed) this.#exchanges.refuse(blamed.exchange, blamed.code)
     const requeue: Entry[] = []
@@ -297,12 +205,6 @@ export class Publisher {
     if (requeue.length > 0) {
       this.metrics.publishResends.inc({ cause: 'channel_lost' }, requeue.length)
       this.#queue.unshift(...requeue)
-    }
-    // The connection is still up (a channel-level error): reopen the channel,
-    // unless this one was already replaced (retired after a nack).
-    const conn = this.upstream.connection
-    if (!this.#closed && wasCurrent && conn && conn === slot.connection) {
-      setTimeout(() => void this.#openChannel(conn), REOPEN_DELAY_MS).unref()
     }
     this.#flush()
   }
@@ -330,8 +232,8 @@ export class Publisher {
 
   async #writeQueued(): Promise<void> {
     while (this.#queue.length > 0) {
-      const slot = this.#slot
-      if (!slot || !slot.open || slot.retiring || !slot.hasRoom || this.upstream.state === 'blocked') return
+      const slot = this.#channels.writable()
+      if (!slot || this.upstream.state === 'blocked') return
       const entry = this.#queue[0] as Entry
       if (entry.state === 'done') {
         this.#queue.shift()
@@ -355,7 +257,7 @@ export class Publisher {
           this.#settle.refuse(entry, new SidecarError('EXCHANGE_NOT_FOUND', refusalText('EXCHANGE_NOT_FOUND', msg.exchange)))
           continue
         }
-        if (this.#slot !== slot || !slot.open || slot.retiring) return
+        if (!this.#channels.isCurrent(slot)) return
       }
       // One copy of an id in flight per channel (returns carry no sequence number);
       // an isolated message waits until nothing else is unconfirmed.
@@ -411,7 +313,7 @@ export class Publisher {
         setTimeout(() => {
           if (this.#delayed.delete(entry)) this.#enqueue(entry)
         }, verdict.delayMs).unref()
-        this.#rotate(slot)
+        this.#channels.rotate(slot)
       } else {
         this.#settle.refuse(entry, this.#nacked(entry), 'nacked')
       }
@@ -425,7 +327,7 @@ export class Publisher {
       if (entry.mode === 'confirm') this.metrics.publishDuration.observe(Number(process.hrtime.bigint() - entry.startedAt) / 1e9)
       this.#settle.finish(entry, { messageId: id, status: 'confirmed' }, 'confirmed', 'published')
     }
-    this.#closeIfDone(slot)
+    this.#channels.settled(slot)
     // Something held back behind this id, or behind an isolated message, may go now.
     if (this.#queue.length > 0) this.#flush()
   }
