@@ -185,7 +185,7 @@ t.test('row 20: a slow, sliced link (200 ms latency, 1-7 byte slices, 10 KB/s) c
       }
       return pulled.size >= down.size
     },
-    { timeoutMs: 30_000, what: 'the messages pulled over the slow link' },
+    { timeoutMs: 90_000, what: 'the messages pulled over the slow link' },
   )
   // Keep the slow link up for at least 4 heartbeat intervals in total.
   await waitFor(() => Date.now() - started >= 4 * HEARTBEAT_S * 1000, { timeoutMs: 60_000, intervalMs: 250, what: 'four heartbeat intervals on the slow link' })

@@ -115,8 +115,13 @@ export const statusResponse = {
   properties: {
     sidecar: { type: 'object', ...open, properties: { state: { type: 'string' }, startedAt: { type: 'string' } } },
     upstream: { type: 'object', ...open, properties: { state: { type: 'string', enum: ['idle', 'connecting', 'connected', 'blocked', 'reconnecting', 'closed'] } } },
-    buffer: { type: 'object', ...open },
+    buffer: { type: 'object', ...open, description: 'Messages and bytes held in memory against publish.maxBufferedMessages/Bytes' },
+    spool: { type: ['object', 'null'], ...open, description: 'The durable spool (null without publish.spool.dir): messages, bytes, maxBytes, oldestAgeSeconds' },
+    consumeUpstream: { type: 'object', ...open, description: 'The consume connection, as upstream (shared: true when consume.connection is shared; state idle while on-demand and unused)' },
+    consumers: { type: 'object', ...open, description: 'Subscriptions by kind; push subscriptions with paused, pausedSince, pauseCause, probes, pauses' },
+    rpc: { type: 'object', ...open, description: 'outstanding and maxOutstanding request/reply calls' },
     diagnosis: {},
+    idleTimeoutDetected: { description: 'The middlebox idle timeout inferred from recent cuts (bracket and named value), or null' },
   },
 } as const
 
