@@ -2,11 +2,14 @@
 // message the broker refuses for good is dead-lettered or logged and never
 // blocks what is behind it; the bound counts headers; returns are matched to
 // the exact copy; a WebSocket publish obeys the body limit; and a reset turns
-// in-flight confirm-mode publishes into re-sends answered 200, not 504.
+// in-flight confirm-mode publishes into re-sends answered 200, not 504
+// (the envelope, batch and WebSocket paths: publish-resend-paths.test.ts).
 import t, { type Test } from 'tap'
 import { directAmqp } from './fixtures/amqp.js'
 import { startFaultProxy } from './fixtures/fault-proxy.js'
 import { errorCode, request } from './fixtures/http.js'
+import { metricTotal } from './fixtures/metrics.js'
+import { ANSWER_WAIT_MS, RESEND_DEADLINE_MS, checkResentAndConfirmed, httpAnswer, publishUnderResets, startResetRig } from './fixtures/resend.js'
 import { SHARED_BROKER_URL, startSidecar } from './fixtures/sidecar.js'
 import { freePort, waitFor } from './fixtures/wait.js'
 import { wsClient } from './fixtures/ws-client.js'
@@ -14,13 +17,6 @@ import { wsClient } from './fixtures/ws-client.js'
 const amqp = await directAmqp(t, SHARED_BROKER_URL)
 const post = (api: string, path: string, headers: Record<string, string>, body: string) =>
   request(api, path, { method: 'POST', headers: { 'content-type': 'text/plain', ...headers }, body, timeoutMs: 30_000 })
-const metric = async (ops: string, name: string) => {
-  const text = await (await fetch(`${ops}/metrics`)).text()
-  return text
-    .split('\n')
-    .filter((l) => l.startsWith(name))
-    .reduce((n, l) => n + Number(l.split(' ').pop()), 0)
-}
 
 /** An internal exchange: the broker closes the channel (403) on any publish to it. */
 async function internalExchange(tt: Test): Promise<string> {
@@ -56,7 +52,7 @@ t.test('a 202 message the broker refuses (403) goes to publish.deadLetter, and t
   const again = await post(sc.api, `/v1/publish/${internal}/k`, { 'x-ack': 'accepted' }, 'again')
   t.equal(again.status, 403, 'the next publish to the refused exchange is refused at once')
   t.equal(errorCode(again), 'EXCHANGE_ACCESS_REFUSED')
-  t.ok((await metric(sc.ops, 'amqp_sidecar_publish_dead_lettered_total')) >= 1, 'counted as dead-lettered')
+  t.ok((await metricTotal(sc.ops, 'amqp_sidecar_publish_dead_lettered_total')) >= 1, 'counted as dead-lettered')
 })
 
 t.test('without publish.deadLetter a refused 202 message is logged with its message_id and counted', async (t) => {
@@ -70,7 +66,7 @@ t.test('without publish.deadLetter a refused 202 message is logged with its mess
     what: 'the error log line naming refused-2',
   })
   t.match(JSON.parse(line), { level: 50, messageId: 'refused-2', code: 'EXCHANGE_ACCESS_REFUSED' })
-  t.equal(await metric(sc.ops, 'amqp_sidecar_accepted_dropped_total'), 1)
+  t.equal(await metricTotal(sc.ops, 'amqp_sidecar_accepted_dropped_total'), 1)
   t.equal((await post(sc.api, `/v1/publish/amq.default/${okq}`, { 'x-timeout-ms': '8000' }, 'behind')).status, 200, 'what comes after flows')
 })
 
@@ -130,38 +126,18 @@ t.test('a basic.return is matched to the exact copy, even with two copies of one
 })
 
 t.test('a reset under load: confirm-mode publishes in flight are re-sent and answered 200, not 504', async (t) => {
-  const shared = new URL(SHARED_BROKER_URL)
-  const proxy = await startFaultProxy({ upstreamHost: shared.hostname, upstreamPort: Number(shared.port || 5672) })
-  t.teardown(() => proxy.close())
-  const q = amqp.name('resend')
-  await (await amqp.channel()).assertQueue(q, { durable: true })
-  const sc = await startSidecar(t, { amqp: { urls: [`amqp://guest:guest@127.0.0.1:${proxy.port}/%2F`] } })
-  await waitFor(async () => (await fetch(`${sc.ops}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'readiness' })
-  // Latency keeps a window of messages written and unconfirmed when the RST comes.
-  proxy.setLatency(30)
-  const statuses = new Map<string, number>()
-  let sent = 0
-  const TOTAL = 400
-  const worker = async (w: number) => {
-    while (sent < TOTAL) {
-      const id = `w${w}-${sent++}`
-      const r = await post(sc.api, `/v1/publish/amq.default/${q}`, { 'x-message-id': id, 'x-timeout-ms': '20000' }, id)
-      statuses.set(id, r.status)
-    }
-  }
-  const workers = Array.from({ length: 32 }, (_, w) => worker(w))
-  await waitFor(() => statuses.size >= 100, { timeoutMs: 60_000, what: '100 answers before the first reset' })
-  proxy.resetPeers('both')
-  await waitFor(() => statuses.size >= 250, { timeoutMs: 60_000, what: '250 answers before the second reset' })
-  proxy.resetPeers('both')
-  await Promise.all(workers)
-  const byStatus: Record<number, number> = {}
-  for (const s of statuses.values()) byStatus[s] = (byStatus[s] ?? 0) + 1
-  t.same(byStatus, { 200: statuses.size }, 'every publish answered 200')
-  t.ok((await metric(sc.ops, 'amqp_sidecar_publish_resends_total')) > 0, 'some were re-sent')
-  t.ok(await metric(sc.ops, 'amqp_sidecar_upstream_disconnects_total'), 'the resets did cut the link')
-  const read = new Set((await amqp.drainUntil(q, statuses.size, 30_000)).map((m) => m.properties.messageId as string))
-  t.same([...statuses.keys()].filter((id) => !read.has(id)), [], 'every confirmed message is in the queue')
+  const rig = await startResetRig(t, amqp)
+  const answers = await publishUnderResets(rig, {
+    total: 400,
+    workers: 32,
+    resetsAfter: [100, 250],
+    send: async ([id = '']) => {
+      const headers = { 'content-type': 'text/plain', 'x-message-id': id, 'x-timeout-ms': String(RESEND_DEADLINE_MS) }
+      const r = await request(rig.sc.api, `/v1/publish/amq.default/${rig.queue}`, { method: 'POST', headers, body: id, timeoutMs: ANSWER_WAIT_MS })
+      return new Map([[id, httpAnswer(r)]])
+    },
+  })
+  await checkResentAndConfirmed(t, amqp, rig, answers)
 })
 
 t.test('a deadline that passes while the writer checks an unknown exchange drops that message only, never the one behind it', async (t) => {
