@@ -57,6 +57,24 @@ export function toDelivered(deliveryId: string, queue: string, msg: ConsumeMessa
   }
 }
 
+/**
+ * The WebSocket `message` frame as JSON text: the same text as
+ * JSON.stringify({op: 'message', ...toDelivered(...)}), built in one pass
+ * without the intermediate objects (consume is per message; the frame is the
+ * hot path, and its garbage was a sixth of the sidecar's profile).
+ */
+export function messageFrame(deliveryId: string, queue: string, msg: ConsumeMessage, forceBase64 = false): string {
+  const utf8 = !forceBase64 && isUtf8(msg.content)
+  const count = deliveryCountOf(msg.properties.headers)
+  const f = msg.fields
+  // base64 text needs no escaping; utf8 text does.
+  const body = utf8 ? JSON.stringify(msg.content.toString('utf8')) : `"${msg.content.toString('base64')}"`
+  return (
+    `{"op":"message","deliveryId":${JSON.stringify(deliveryId)},"queue":${JSON.stringify(queue)},"exchange":${JSON.stringify(f.exchange)},"routingKey":${JSON.stringify(f.routingKey)},"redelivered":${f.redelivered === true}` +
+    `${count === undefined ? '' : `,"deliveryCount":${count}`},"body":${body},"bodyEncoding":"${utf8 ? 'utf8' : 'base64'}","properties":${JSON.stringify(propertiesOf(msg.properties))}}`
+  )
+}
+
 /** AMQP properties as JSON: those that are set, and always `headers` (RPC replies use the same shape). */
 export function propertiesOf(amqpProperties: object): Record<string, unknown> {
   const props = amqpProperties as Record<string, unknown>

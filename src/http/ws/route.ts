@@ -42,9 +42,10 @@ export async function wsRoutes(app: FastifyInstance, deps: WsDeps): Promise<void
     config: { swaggerTransform: ({ schema, url }: { schema: unknown; url: string }) => ({ schema: { ...(schema as object), hide: false, response: { 101: { description: 'Switching Protocols: the socket is open' } } }, url }) },
     // A plain GET (no Upgrade header) gets a documented error instead of the plugin's empty 404.
     handler: (_req, reply) => sendError(reply, new SidecarError('INVALID_REQUEST', 'GET /v1/ws needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)')),
-    wsHandler: (socket) => {
+    wsHandler: (socket, req) => {
       // Handlers are attached synchronously inside the peer's constructor, so no frame is missed.
-      new WsPeer(socket, deps)
+      // req.socket is the upgraded socket ws writes to: the peer corks it to coalesce frames.
+      new WsPeer(socket, deps, req.socket)
     },
   })
 }
