@@ -2,13 +2,14 @@
  * GET /v1/ws: one socket, JSON text frames, multiplexed (DESIGN.md section 3).
  *
  * Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue},
- *   ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, extend {deliveryIds, leaseMs, id?},
+ *   ack {deliveryId | deliveryIds, id?}, nack {deliveryId | deliveryIds, requeue?, id?}, extend {deliveryIds, leaseMs, id?},
  *   publish {id, exchange, routingKey, body, bodyEncoding, properties, headers, mandatory?}, ping,
  *   rpc {id, exchange, ...} (request/reply: handled by src/rpc/ws-op.ts).
  * Server ops: message, confirm {id, messageId}, reply {id, body, bodyEncoding, properties},
  *   error {id?, code, message},
  *   stale {deliveryIds, reason}, status {upstream, ...}, subscribed, unsubscribed,
  *   result {id, deliveryId, result} (only for acks/nacks that carry an id),
+ *   settled {id?, acked|nacked, stale, unknown} (the answer to a batch: ack/nack with deliveryIds),
  *   extended {id?, results}, pong.
  *
  * The parts: peer.ts (one connection: lifecycle, dispatch, bounded send queue),
@@ -32,7 +33,7 @@ export async function wsRoutes(app: FastifyInstance, deps: WsDeps): Promise<void
   const doc = {
     summary: 'WebSocket: subscribe, ack, nack, extend and publish over one socket',
     description:
-      'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?}, nack {deliveryId, requeue?, id?}, extend {deliveryIds, leaseMs, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, rpc {id, exchange, routingKey, body, bodyEncoding, properties, headers, timeoutMs?}, ping. Server ops: message, confirm, reply, error, stale, status, subscribed, unsubscribed, result, extended, pong. A client that does not read what it is sent is closed with code 4008. See docs/consuming.md and docs/api.md.',
+      'Upgrade to a WebSocket carrying JSON text frames. Client ops: subscribe {queue, prefetch?, leaseMs?, encoding?}, unsubscribe {queue}, ack {deliveryId, id?} or a batch ack {deliveryIds (1-1000), id?}, nack {deliveryId or deliveryIds, requeue?, id?}, extend {deliveryIds, leaseMs, id?}, publish {id, exchange, routingKey, body, bodyEncoding, properties, headers}, rpc {id, exchange, routingKey, body, bodyEncoding, properties, headers, timeoutMs?}, ping. Server ops: message, confirm, reply, error, stale, status, subscribed, unsubscribed, result, settled {id?, acked|nacked, stale, unknown} (one per batch), extended, pong. A client that does not read what it is sent is closed with code 4008. See docs/consuming.md and docs/api.md.',
   }
   app.route({
     method: 'GET',
