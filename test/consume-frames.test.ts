@@ -6,8 +6,12 @@
  */
 import type { ConsumeMessage } from 'amqplib'
 import t from 'tap'
-import { messageFrame, toDelivered } from '../src/consume/delivery.js'
+import { messageFrame, needsNoEscape, toDelivered } from '../src/consume/delivery.js'
 import { Expiries } from '../src/consume/expiry.js'
+
+// Expiry timers are unref()ed (they must not hold a closing sidecar open): hold the test process open while they run.
+const keepAlive = setInterval(() => {}, 60_000)
+t.teardown(() => clearInterval(keepAlive))
 
 const message = (content: Buffer, fields: Partial<ConsumeMessage['fields']> = {}, properties: Record<string, unknown> = {}): ConsumeMessage =>
   ({
@@ -24,12 +28,33 @@ t.test('messageFrame is the JSON of {op: "message", ...toDelivered()}', async (t
     ['base64 forced', message(Buffer.from('plain')), true],
     ['empty body', message(Buffer.alloc(0)), false],
     ['redelivered, properties and headers', message(Buffer.from('x'), { redelivered: true, exchange: '' }, { messageId: 'm-1', correlationId: 'c', contentType: 'text/plain', priority: 3, timestamp: 1700000000, headers: { n: 5, big: 2n ** 60n, raw: Buffer.from([0xff]), nested: { d: new Date(0) }, list: [1, 'a'] } }), false],
+    ['plain text at an odd offset', message(Buffer.from(' {"k":1} plain ascii text, long enough for whole words; é ü 😀 \u2028 \u007f'.repeat(9)).subarray(9)), false],
+    ['plain text, every length', message(Buffer.from('abcdefg'.repeat(3)).subarray(1, 6)), false],
+    ['a quote in the last bytes', message(Buffer.from('x'.repeat(37) + '"')), false],
+    ['a control byte in a word', message(Buffer.from('abcd\u0001efgh')), false],
     ['quorum delivery count', message(Buffer.from('x'), { redelivered: true }, { headers: { 'x-delivery-count': 2 } }), false],
   ]
   for (const [name, msg, base64] of cases) {
     const text = messageFrame('p.1.7', 'q"1', msg, base64)
     t.equal(text, JSON.stringify({ op: 'message', ...toDelivered('p.1.7', 'q"1', msg, base64) }), name)
   }
+})
+
+t.test('needsNoEscape agrees with JSON.stringify on every byte in every position', async (t) => {
+  let mismatches = 0
+  for (let c = 0; c < 0x80; c++) {
+    for (let len = 1; len <= 9; len++) {
+      for (let off = 0; off < 4; off++) {
+        for (let at = 0; at < len; at++) {
+          const b = Buffer.alloc(len + off, 'a').subarray(off)
+          b[at] = c
+          const text = b.toString('utf8')
+          if (needsNoEscape(b) !== (JSON.stringify(text) === `"${text}"`)) mismatches++
+        }
+      }
+    }
+  }
+  t.equal(mismatches, 0)
 })
 
 t.test('Expiries: one list per length, in order, removed entries never expire', async (t) => {
