@@ -208,16 +208,17 @@ export async function runBench(opts: BenchOptions, hooks: HarnessHooks = {}): Pr
       if (wants('g') && !skipped.has('g')) {
         const n = opts.consumeMessages
         const warm = Math.floor(n / 10)
-        for (const side of ['direct', 'sidecar'] as const) {
+        // sidecar-batched: the same consumer acking each burst of frames in one `ack {deliveryIds}`.
+        for (const side of ['direct', 'sidecar', 'sidecar-batched'] as const) {
           await purge()
           progress(`${tag} g. prefilling ${fmt(n)} messages for ${side} consume ...`)
           await prefill(ctx, n)
           progress(`${tag} g. ${side} consume + ack, prefetch ${CONSUME_PREFETCH} ...`)
           const meter = new Meter(pids)
           meter.edge('start')
-          const r = side === 'direct' ? await directConsume(ctx, n, warm) : await wsConsume(ctx, n, warm)
+          const r = side === 'direct' ? await directConsume(ctx, n, warm) : await wsConsume(ctx, n, warm, side === 'sidecar-batched')
           meter.edge('end')
-          record(`g.${side}`, repResult(r, meter, side === 'sidecar' ? meter.sidecarCpuPer1000(n) : undefined))
+          record(`g.${side}`, repResult(r, meter, side === 'direct' ? undefined : meter.sidecarCpuPer1000(n)))
           progress(`${tag} g. ${side} consume: ${fmt(r.rate)} msg/s${coresText(meter)}`)
         }
       }

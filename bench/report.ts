@@ -110,7 +110,7 @@ function colorOf(id: string): string {
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 
-/** Horizontal bars: publish cases against (a), then the two consume cases. */
+/** Horizontal bars: publish cases against (a), then the consume cases. */
 export function renderSvg(r: BenchResults): string {
   const rows = r.cases.filter((c) => c.median !== null && c.skipped === undefined)
   const max = Math.max(1, ...rows.map((c) => c.median as number))

@@ -34,6 +34,7 @@ export interface SummaryInput {
 const CONSUME_TITLES: Record<string, string> = {
   'g.direct': `direct amqplib consume + ack, prefetch ${CONSUME_PREFETCH}`,
   'g.sidecar': `sidecar WebSocket consume + ack, prefetch ${CONSUME_PREFETCH}`,
+  'g.sidecar-batched': `sidecar WebSocket consume, acks in batches (ack {deliveryIds}), prefetch ${CONSUME_PREFETCH}`,
   'j.memory': `sidecar HTTP 202 (X-Ack: accepted), held in memory, concurrency ${HTTP_CONCURRENCY}`,
   'j.spool': `sidecar HTTP 202 (X-Ack: accepted), fsynced to the spool, concurrency ${HTTP_CONCURRENCY}`,
 }
@@ -55,13 +56,13 @@ function nullableMedian(values: Array<number | undefined>): number | null {
 
 export function summarise(input: SummaryInput): BenchResults {
   const { opts, reps, skipped } = input
-  const ids = ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar', 'j.memory', 'j.spool']
+  const ids = ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar', 'g.sidecar-batched', 'j.memory', 'j.spool']
   const cases: CaseResult[] = []
   for (const id of ids) {
     const caseId = id.split('.')[0] as string
     if (!opts.only.has(caseId as never)) continue
     const rs = reps.get(id) ?? []
-    const baseline = id === 'a' || id === 'g.direct' ? null : id === 'g.sidecar' ? 'g.direct' : id === 'j.spool' ? 'j.memory' : 'a'
+    const baseline = id === 'a' || id === 'g.direct' ? null : id === 'g.sidecar' || id === 'g.sidecar-batched' ? 'g.direct' : id === 'j.spool' ? 'j.memory' : 'a'
     const result: CaseResult = {
       id,
       title: input.titles.get(id) ?? CONSUME_TITLES[id] ?? id,

@@ -44,7 +44,7 @@ t.test('a smoke run produces well-formed results', async (t) => {
   t.ok(results.machine.nproc >= 1 && results.machine.rabbitmq !== 'unknown', 'the machine and broker are described')
 
   const byId = new Map(results.cases.map((c) => [c.id, c]))
-  t.same([...byId.keys()], ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar', 'j.memory', 'j.spool'])
+  t.same([...byId.keys()], ['a', 'a.64', 'b', 'c', 'd', 'e', 'f', 'g.direct', 'g.sidecar', 'g.sidecar-batched', 'j.memory', 'j.spool'])
   for (const id of ['e', 'f']) t.match(byId.get(id)?.skipped, /plugins/, `${id} is skipped, and says why`)
   for (const c of results.cases) {
     if (c.skipped !== undefined) {

@@ -67,17 +67,27 @@ export async function wsPublish(ctx: BenchContext, onWindow?: Edge): Promise<Loa
   }
 }
 
-/** Consumes `count` messages (acking each) at prefetch 100; the rate is taken after `warmup`. */
-export async function wsConsume(ctx: BenchContext, count: number, warmup: number): Promise<LoadResult> {
+/**
+ * Consumes `count` messages (acking each) at prefetch 100; the rate is taken after `warmup`.
+ * batched: the ids of the frames of one turn of the event loop go in one `ack {deliveryIds}`
+ * (sent on setImmediate), as a client that handles a burst and acks it would.
+ */
+export async function wsConsume(ctx: BenchContext, count: number, warmup: number, batched = false): Promise<LoadResult> {
   const ws = await open(wsUrl(ctx))
   try {
     let seen = 0
     let startAt = 0n
+    let pending: string[] = []
+    const flush = () => {
+      ws.send(JSON.stringify({ op: 'ack', deliveryIds: pending }))
+      pending = []
+    }
     const endAt = await new Promise<bigint>((resolve, reject) => {
       ws.on('message', (data) => {
         const f = JSON.parse(data.toString()) as Frame
         if (f.op === 'message' && f.deliveryId !== undefined) {
-          ws.send(`{"op":"ack","deliveryId":${JSON.stringify(f.deliveryId)}}`)
+          if (!batched) ws.send(`{"op":"ack","deliveryId":${JSON.stringify(f.deliveryId)}}`)
+          else if (pending.push(f.deliveryId) === 1) setImmediate(flush)
           seen++
           if (seen === warmup) startAt = process.hrtime.bigint()
           if (seen === count) resolve(process.hrtime.bigint())

@@ -57,6 +57,53 @@ export function toDelivered(deliveryId: string, queue: string, msg: ConsumeMessa
   }
 }
 
+/**
+ * The WebSocket `message` frame as JSON text: the same text as
+ * JSON.stringify({op: 'message', ...toDelivered(...)}), built in one pass
+ * without the intermediate objects (consume is per message; the frame is the
+ * hot path, and its garbage was a sixth of the sidecar's profile).
+ */
+export function messageFrame(deliveryId: string, queue: string, msg: ConsumeMessage, forceBase64 = false): string {
+  const utf8 = !forceBase64 && isUtf8(msg.content)
+  const count = deliveryCountOf(msg.properties.headers)
+  const f = msg.fields
+  // base64 text needs no escaping; utf8 text only when it has a byte JSON escapes.
+  const body = !utf8 ? `"${msg.content.toString('base64')}"` : needsNoEscape(msg.content) ? `"${msg.content.toString('utf8')}"` : JSON.stringify(msg.content.toString('utf8'))
+  return (
+    `{"op":"message","deliveryId":${JSON.stringify(deliveryId)},"queue":${JSON.stringify(queue)},"exchange":${JSON.stringify(f.exchange)},"routingKey":${JSON.stringify(f.routingKey)},"redelivered":${f.redelivered === true}` +
+    `${count === undefined ? '' : `,"deliveryCount":${count}`},"body":${body},"bodyEncoding":"${utf8 ? 'utf8' : 'base64'}","properties":${JSON.stringify(propertiesOf(msg.properties))}}`
+  )
+}
+
+/**
+ * True when JSON.stringify would copy the (valid UTF-8) text unchanged between
+ * its quotes: no byte below 0x20, no '"', no '\\'. (Bytes from 0x80 up are
+ * parts of valid UTF-8 sequences, which JSON.stringify leaves as they are.)
+ * JSON.stringify of a 1 KB body cost about four times this scan. Four bytes
+ * at a time, with the classic "has a byte below n" / "has a zero byte" tricks.
+ */
+export function needsNoEscape(b: Buffer): boolean {
+  const n = b.length
+  let i = 0
+  const lead = Math.min(n, (4 - (b.byteOffset & 3)) & 3)
+  for (; i < lead; i++) if (escaped(b[i] as number)) return false
+  const words = (n - i) >>> 2
+  if (words > 0) {
+    const w = new Uint32Array(b.buffer, b.byteOffset + i, words)
+    for (let k = 0; k < words; k++) {
+      const x = w[k] as number
+      const quote = x ^ 0x22222222
+      const slash = x ^ 0x5c5c5c5c
+      if ((((x - 0x20202020) & ~x) | ((quote - 0x01010101) & ~quote) | ((slash - 0x01010101) & ~slash)) & 0x80808080) return false
+    }
+    i += words * 4
+  }
+  for (; i < n; i++) if (escaped(b[i] as number)) return false
+  return true
+}
+
+const escaped = (c: number): boolean => c < 0x20 || c === 0x22 || c === 0x5c
+
 /** AMQP properties as JSON: those that are set, and always `headers` (RPC replies use the same shape). */
 export function propertiesOf(amqpProperties: object): Record<string, unknown> {
   const props = amqpProperties as Record<string, unknown>

@@ -14,6 +14,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Channel, ConsumeMessage } from 'amqplib'
 import type { Metrics } from '../observe/metrics.js'
+import { Expiries, type ExpiryEntry } from './expiry.js'
 
 /** How an app learns what happened to its ack or nack. */
 export type SettleResult = 'acked' | 'nacked' | 'stale' | 'unknown'
@@ -79,7 +80,8 @@ export interface Lease {
   /** Called once when the lease ends, however it ends. */
   readonly onEnd: ((lease: Lease, how: LeaseEnd) => void) | undefined
   expiresAt: number | null
-  timer: NodeJS.Timeout | undefined
+  /** Its place in the expiry list of its lease length (expiry.ts); undefined: no expiry. */
+  expiry: ExpiryEntry<Lease> | undefined
 }
 
 export interface LeaseOptions {
@@ -98,6 +100,8 @@ export class LeaseTable {
   /** Unguessable per process, so ids from an earlier process answer "unknown", never someone else's message. */
   readonly #prefix = randomBytes(6).toString('base64url')
   #seq = 0
+  /** One timer per lease length, not one per lease. */
+  readonly #expiries = new Expiries<Lease>((lease) => this.#expire(lease))
 
   constructor(private readonly metrics: Metrics) {}
 
@@ -116,7 +120,7 @@ export class LeaseTable {
       deliveredAt: Date.now(),
       onEnd: opts.onEnd,
       expiresAt: null,
-      timer: undefined,
+      expiry: undefined,
     }
     this.#live.set(lease.deliveryId, lease)
     let set = this.#byChannel.get(channel)
@@ -155,7 +159,6 @@ export class LeaseTable {
       this.#end(lease, 'stale')
       return { result: 'stale' }
     }
-    if (lease.timer) clearTimeout(lease.timer)
     this.#arm(lease, leaseMs)
     return { result: 'extended', expiresAt: new Date(lease.expiresAt as number).toISOString() }
   }
@@ -189,7 +192,12 @@ export class LeaseTable {
 
   /** Stops every expiry timer (close). */
   clearTimers(): void {
-    for (const lease of this.#live.values()) if (lease.timer) clearTimeout(lease.timer)
+    this.#expiries.clear()
+  }
+
+  /** Expiry timers armed: one per lease length in use (a test checks it is not one per lease). */
+  get expiryTimers(): number {
+    return this.#expiries.timers
   }
 
   #settle(deliveryId: string, send: (l: Lease) => boolean, how: 'acked' | 'nacked'): SettleResult {
@@ -204,24 +212,27 @@ export class LeaseTable {
     return how
   }
 
+  /** Starts (or, for extend, moves) the lease's expiry: leaseMs from now. */
   #arm(lease: Lease, leaseMs: number): void {
+    if (lease.expiry) this.#expiries.remove(lease.expiry)
     lease.expiresAt = Date.now() + leaseMs
-    lease.timer = setTimeout(() => {
-      lease.timer = undefined
-      if (this.#live.get(lease.deliveryId) !== lease) return
-      // Requeue on its own channel; a later ack for it answers stale.
-      lease.channel.nack(lease.msg, true)
-      this.#end(lease, 'expired')
-    }, leaseMs)
-    lease.timer.unref()
+    lease.expiry = this.#expiries.add(lease, leaseMs)
+  }
+
+  #expire(lease: Lease): void {
+    lease.expiry = undefined
+    if (this.#live.get(lease.deliveryId) !== lease) return
+    // Requeue on its own channel; a later ack for it answers stale.
+    lease.channel.nack(lease.msg, true)
+    this.#end(lease, 'expired')
   }
 
   #end(lease: Lease, how: LeaseEnd): void {
     if (this.#live.get(lease.deliveryId) !== lease) return
     this.#live.delete(lease.deliveryId)
     this.#byChannel.get(lease.channel)?.delete(lease)
-    if (lease.timer) clearTimeout(lease.timer)
-    lease.timer = undefined
+    if (lease.expiry) this.#expiries.remove(lease.expiry)
+    lease.expiry = undefined
     if (how === 'stale' || how === 'expired' || how === 'released') this.#remember(lease.deliveryId)
     this.metrics.leases.set(this.#live.size)
     try {

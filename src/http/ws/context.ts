@@ -38,8 +38,8 @@ export interface PeerIO {
   /** True once the socket closed (or is being cut): nothing more is sent or handed out. */
   readonly closed: boolean
   send(frame: Frame): void
-  /** A message frame: tracked until written, so a lease expiring before that can be told apart. */
-  sendMessage(deliveryId: string, frame: Frame): void
+  /** A message frame (its JSON text, see messageFrame): tracked until written, so a lease expiring before that can be told apart. */
+  sendMessage(deliveryId: string, text: string): void
   /** Still in our send buffer, never written to the socket. */
   unwritten(deliveryId: string): boolean
   /** Renders an error frame (with the op's id, if any). */

@@ -10,7 +10,14 @@
  * client sent, so a client that sends ops but never reads would grow it
  * without end: past CONTROL_QUEUE_MAX_BYTES unwritten, the client is cut with
  * close code 4008 (its leases are requeued).
+ *
+ * Writes are coalesced: ws writes every frame to the socket at once (a
+ * writev per frame), which was a quarter of the sidecar's CPU when consuming.
+ * The first frame of a turn of the event loop corks the raw socket, and
+ * setImmediate uncorks it, so the frames of one burst of deliveries (one read
+ * from the broker) leave in one write. The order of frames is unchanged.
  */
+import type { Duplex } from 'node:stream'
 import type { WebSocket } from 'ws'
 import type { StatusListener } from '../../consume/consumers.js'
 import { SidecarError } from '../../errors.js'
@@ -43,11 +50,15 @@ export class WsPeer implements StatusListener, PeerIO {
   #alive = true
   #closed = false
   #cut = false
+  /** The raw socket is corked until the next setImmediate. */
+  #corked = false
   readonly #ping: NodeJS.Timeout
 
+  /** `raw` is the upgraded request's socket, the one ws writes to (public API, unlike ws._socket). */
   constructor(
     private readonly ws: WebSocket,
     readonly deps: WsDeps,
+    private readonly raw?: Duplex,
   ) {
     this.log = deps.log.child({ part: 'ws' })
     this.#subs = new ClientSubscriptions(this)
@@ -156,13 +167,28 @@ export class WsPeer implements StatusListener, PeerIO {
       return
     }
     this.#controlBytes += bytes
+    this.#cork()
     this.ws.send(text, () => (this.#controlBytes -= bytes))
   }
 
-  sendMessage(deliveryId: string, frame: Frame): void {
+  sendMessage(deliveryId: string, text: string): void {
     if (this.closed || this.ws.readyState !== this.ws.OPEN) return
     this.#unwritten.add(deliveryId)
-    this.ws.send(JSON.stringify(frame), () => this.#unwritten.delete(deliveryId))
+    this.#cork()
+    this.ws.send(text, () => this.#unwritten.delete(deliveryId))
+  }
+
+  #cork(): void {
+    if (this.#corked || !this.raw || this.raw.destroyed) return
+    this.#corked = true
+    this.raw.cork()
+    setImmediate(this.#uncork)
+  }
+
+  /** One uncork per cork: a socket's cork is counted, and ws's own cork/uncork per frame nests inside ours. */
+  readonly #uncork = (): void => {
+    this.#corked = false
+    this.raw?.uncork()
   }
 
   unwritten(deliveryId: string): boolean {

@@ -9,7 +9,7 @@
  * expire; a closed socket requeues every unacked delivery.
  */
 import { MAX_PREFETCH } from '../../consume/consumers.js'
-import { toDelivered } from '../../consume/delivery.js'
+import { messageFrame } from '../../consume/delivery.js'
 import type { Lease, LeaseEnd } from '../../consume/leases.js'
 import type { Subscription, SubscriptionEvent } from '../../consume/subscription.js'
 import { TIMED_OUT, withDeadline } from '../../deadline.js'
@@ -52,7 +52,7 @@ export class ClientSubscriptions {
         if (this.io.closed || s.unsubscribing) return void channel.nack(msg, true)
         const lease = consumers.leases.add(channel, msg, { queue, via: 'ws', leaseMs: s.leaseMs, onEnd: (l, how) => this.#onLeaseEnd(s, l, how) })
         s.leases.add(lease.deliveryId)
-        this.io.sendMessage(lease.deliveryId, { op: 'message', ...toDelivered(lease.deliveryId, queue, msg, s.base64) })
+        this.io.sendMessage(lease.deliveryId, messageFrame(lease.deliveryId, queue, msg, s.base64))
       },
       onChannelClosed: (channel) => {
         const dropped = consumers.leases.dropChannel(channel)
