@@ -223,6 +223,14 @@ for (const d of deployments) {
     }
     t.notOk(JSON.stringify(sidecar.env ?? []).includes('AMQP_URL'), 'the broker URL is not in the environment')
 
+    // A container's NODE_OPTIONS replaces the image's: it must repeat the image's V8 flags
+    // (docs/operations.md), else setting a heap cap silently drops the footprint tuning.
+    const nodeOptions = sidecar.env?.find((e) => e.name === 'NODE_OPTIONS')
+    if (nodeOptions) {
+      const given = (nodeOptions.value ?? '').split(/\s+/).filter(Boolean)
+      for (const flag of imageNodeOptions()) t.ok(given.includes(flag), `NODE_OPTIONS repeats the image's ${flag}`)
+    }
+
     // The app reaches the API on loopback at api.port.
     const app = pod.containers.find((c) => c.name !== 'amqp-sidecar')
     t.match([...(app?.command ?? []), ...(app?.args ?? [])].join(' '), `http://127.0.0.1:${config.api.port}/v1/`, 'the app calls the sidecar on loopback')
@@ -244,4 +252,12 @@ for (const d of deployments) {
       t.match(c.image ?? '', /:[0-9]/, `${c.name}: image has a version tag`)
     }
   })
+}
+
+/** The flags the Dockerfile's runtime stage puts in NODE_OPTIONS (ENV NODE_OPTIONS=... or ="..."). */
+function imageNodeOptions(): string[] {
+  const dockerfile = readFileSync(fileURLToPath(new URL('../Dockerfile', import.meta.url)), 'utf8')
+  const m = /^ENV NODE_OPTIONS=(?:"([^"]*)"|(\S+))\s*$/m.exec(dockerfile)
+  if (!m) throw new Error('the Dockerfile sets no NODE_OPTIONS')
+  return (m[1] ?? m[2] ?? '').split(/\s+/).filter(Boolean)
 }

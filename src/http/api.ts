@@ -7,7 +7,7 @@ import { SidecarError } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import { serverLogging } from './server-options.js'
 import { installErrorHandling, sendError } from './errors.js'
-import { installValidation } from './validation.js'
+import { installValidation, lazySchemaCompilers } from './validation.js'
 import { installGuard } from './guard.js'
 import { capConnections, serverLimits } from './limits.js'
 import { ApiToken } from './token.js'
@@ -58,6 +58,8 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
     // Close idle keep-alive sockets on close(), so shutdown is not held by a pooled client.
     forceCloseConnections: 'idle',
     return503OnClosing: false,
+    // Validators and serializers compiled at a route's first use, not at start (footprint).
+    ...lazySchemaCompilers(),
   })
   installErrorHandling(app, deps.log)
   installValidation(app)

@@ -59,6 +59,20 @@ export function allowedHostSet(opts: Pick<GuardOptions, 'allowedHosts' | 'apiHos
   return set
 }
 
+// Every request on a keep-alive pool carries the same Host: parse it once, not
+// per request (the regex and normalisation showed in the publish profile).
+let lastHostHeader: string | undefined
+let lastHost: string | undefined
+
+/** hostOf() with the last header's answer remembered. */
+export function lastHostOf(header: string): string | undefined {
+  if (header !== lastHostHeader) {
+    lastHost = hostOf(header)
+    lastHostHeader = header
+  }
+  return lastHost
+}
+
 function one(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v
 }
@@ -69,7 +83,7 @@ export function refusal(req: Pick<FastifyRequest, 'headers'>, hosts: ReadonlySet
   if (h.origin !== undefined) return new SidecarError('ORIGIN_NOT_ALLOWED')
   const site = one(h['sec-fetch-site'])
   if (site !== undefined && site !== 'none') return new SidecarError('ORIGIN_NOT_ALLOWED', 'Requests from web pages (Sec-Fetch-Site) are refused')
-  const host = h.host === undefined ? undefined : hostOf(h.host)
+  const host = h.host === undefined ? undefined : lastHostOf(h.host)
   if (host === undefined || !hosts.has(host)) return new SidecarError('HOST_NOT_ALLOWED')
   if (token && !token.verify(one(h.authorization))) return new SidecarError('UNAUTHORIZED')
   return undefined

@@ -7,9 +7,9 @@
  * work through requests nobody waits for any more.
  */
 import type { IncomingHttpHeaders } from 'node:http'
-import { Ajv } from 'ajv'
 import { SidecarError } from '../errors.js'
 import { envelopeSchema } from '../http/schemas.js'
+import { lazyAjv } from '../http/validation.js'
 import { fromEnvelope, fromRawRequest, MAX_TIMEOUT_MS, type Envelope, type PublishDefaults } from '../publish/message.js'
 import type { OutgoingMessage } from '../publish/publisher.js'
 
@@ -48,15 +48,20 @@ const frameSchema = {
   },
 } as const
 // The schema POST /v1/publish validates envelopes with, checked the same strict way (no coercion).
-const validateFrame = new Ajv({ allErrors: false, allowUnionTypes: true, strict: false }).compile(frameSchema)
+// Compiled at the first rpc frame: a sidecar that never gets one does not load ajv for it.
+const frameAjv = lazyAjv({ allErrors: false, allowUnionTypes: true, strict: false })
+let compiledFrame: ReturnType<ReturnType<typeof frameAjv>['compile']> | undefined
+/** Whether the frame schema was compiled in this process (test/footprint.test.ts). */
+export const frameSchemaCompiled = (): boolean => compiledFrame !== undefined
 
 export function rpcFromFrame(frame: Record<string, unknown>, defaults: PublishDefaults): RpcRequest {
+  const validateFrame = (compiledFrame ??= frameAjv().compile(frameSchema))
   if (!validateFrame(frame)) {
     const e = validateFrame.errors?.[0]
     throw invalid(`rpc ${e?.instancePath || 'frame'} ${e?.message ?? 'is invalid'}${e?.params && 'additionalProperty' in e.params ? ` ("${String(e.params.additionalProperty)}")` : ''}`)
   }
   const { op: _op, id: _id, timeoutMs, ...env } = frame
-  if ((env as Envelope).properties?.replyTo !== undefined) throw invalid('properties.replyTo is not accepted: the sidecar receives the reply (direct reply-to)')
+  if ((env as unknown as Envelope).properties?.replyTo !== undefined) throw invalid('properties.replyTo is not accepted: the sidecar receives the reply (direct reply-to)')
   if (env['mandatory'] === false) throw invalid('mandatory must be true: a request no queue takes answers UNROUTABLE')
   const msg = fromEnvelope(env as unknown as Envelope, defaults)
   return finish(msg, typeof timeoutMs === 'number' ? timeoutMs : defaults.timeoutMs)
