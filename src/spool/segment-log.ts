@@ -245,7 +245,8 @@ export class SegmentLog {
     this.#active = seg
     this.#fd = fd
     await old?.close()
-    if (this.#segments.length > 1) for (const s of this.#segments.slice(0, -1)) void this.#dropIfDone(s)
+    // Awaited: a retry after a full disk needs the space back first.
+    if (this.#segments.length > 1) for (const s of this.#segments.slice(0, -1)) await this.#dropIfDone(s)
   }
 
   async #commit(): Promise<void> {
@@ -265,6 +266,20 @@ export class SegmentLog {
         } catch (err) {
           // Leave the segment as it was: a partial batch must not be read back.
           await fd.truncate(seg.size).catch(() => {})
+          if (seg.size > 0 && seg.released === seg.records && seg.readOffset === seg.size) {
+            // The active segment is sealed only at SEGMENT_BYTES, so on a volume
+            // smaller than that a drained spool would keep the disk full for good.
+            // Everything in it is confirmed: start a new segment, free this one,
+            // and try the batch once more.
+            const retried = await this.#startSegment().then(
+              () => true,
+              () => false,
+            )
+            if (retried) {
+              this.#pending.unshift(...batch)
+              continue
+            }
+          }
           this.#pendingBytes -= total
           for (const b of batch) b.reject(err as Error)
           continue
