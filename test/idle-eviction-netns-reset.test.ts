@@ -58,7 +58,7 @@ if (skip) {
     for (let i = 0; i < CYCLES; i++) {
       const before = cuts((await status(sc)).upstream)
       const c = await cycle(sc, q, i)
-      const after = await nextCut(sc, before, DEADLINE_MS + 20_000, `cut ${i}: the publish after ${CUT_IDLE_MS} ms idle to meet the RST`)
+      const after = await nextCut(sc, before, DEADLINE_MS + 50_000, `cut ${i}: the publish after ${CUT_IDLE_MS} ms idle to meet the RST`)
       t.equal(after.upstream.lastDisconnect?.cause, 'econnreset', `cut ${i}: the eviction is met as an RST (econnreset)`)
       t.comment(`cut ${i}: idle before it ${after.upstream.lastDisconnect?.idleMsBefore} ms (test: ${c.cutIdleMs}), survived ${after.upstream.lastDisconnect?.longestSurvivedIdleMs} ms (test: ${c.survivedIdleMs}); publishes ${c.outcomes.map((o) => o.status).join(',')}`)
       out.push({ ...c, after })
