@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { directAmqp } from './fixtures/amqp.js'
-import { startFaultProxy } from './fixtures/fault-proxy.js'
 import { errorCode, request } from './fixtures/http.js'
+import { proxiedQueue } from './fixtures/spool-outage.js'
 import { SHARED_BROKER_URL, startSidecar } from './fixtures/sidecar.js'
 import { waitFor } from './fixtures/wait.js'
 
@@ -45,15 +45,11 @@ if (!mounted.dir) {
     rmdirSync(dir)
   })
   const amqp = await directAmqp(t, SHARED_BROKER_URL)
-  const shared = new URL(SHARED_BROKER_URL)
 
   t.test('a full disk answers 503 SPOOL_UNAVAILABLE, keeps every 202, and takes 202s again once drained, with no restart', async (t) => {
-    const proxy = await startFaultProxy({ upstreamHost: shared.hostname, upstreamPort: Number(shared.port || 5672) })
-    t.teardown(() => proxy.close())
-    const q = amqp.name('spool-disk')
-    await (await amqp.channel()).assertQueue(q, { durable: true })
+    const { proxy, q, url } = await proxiedQueue(t, amqp, 'spool-disk')
     await proxy.setDown(true)
-    const sc = await startSidecar(t, { amqp: { urls: [`amqp://guest:guest@127.0.0.1:${proxy.port}/%2F`] }, publish: { spool: { dir } } })
+    const sc = await startSidecar(t, { amqp: { urls: [url] }, publish: { spool: { dir } } })
     const body = (id: string) => id.padEnd(4096, '.')
     const ok: string[] = []
     let full: Awaited<ReturnType<typeof request>> | undefined

@@ -10,13 +10,12 @@ import { SegmentLog } from '../src/spool/segment-log.js'
 import { encodeRecord } from '../src/spool/record.js'
 import { directAmqp } from './fixtures/amqp.js'
 import { MAIN, ensureBuilt, startChildSidecar } from './fixtures/child-sidecar.js'
-import { startFaultProxy } from './fixtures/fault-proxy.js'
 import { errorCode, request } from './fixtures/http.js'
+import { proxiedQueue } from './fixtures/spool-outage.js'
 import { SHARED_BROKER_URL, startSidecar } from './fixtures/sidecar.js'
 import { freePort, waitFor } from './fixtures/wait.js'
 
 const amqp = await directAmqp(t, SHARED_BROKER_URL)
-const shared = new URL(SHARED_BROKER_URL)
 const tmp = (t: Test) => {
   const dir = mkdtempSync(join(tmpdir(), 'spool-test-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -85,13 +84,10 @@ t.test('the bound on disk answers 503 BUFFER_FULL with Retry-After', async (t) =
 })
 
 t.test('an outage longer than the memory buffer: 202s are spooled, then drained with no restart', async (t) => {
-  const proxy = await startFaultProxy({ upstreamHost: shared.hostname, upstreamPort: Number(shared.port || 5672) })
-  t.teardown(() => proxy.close())
-  const q = amqp.name('spool-drain')
-  await (await amqp.channel()).assertQueue(q, { durable: true })
+  const { proxy, q, url } = await proxiedQueue(t, amqp, 'spool-drain')
   await proxy.setDown(true)
   const sc = await startSidecar(t, {
-    amqp: { urls: [`amqp://guest:guest@127.0.0.1:${proxy.port}/%2F`] },
+    amqp: { urls: [url] },
     publish: { maxBufferedMessages: 10, spool: { dir: tmp(t) } },
   })
   const ids = Array.from({ length: 60 }, (_, i) => `d${i}`)
@@ -112,13 +108,10 @@ t.test('an outage longer than the memory buffer: 202s are spooled, then drained 
 })
 
 t.test('kill -9 at random moments while apps publish 202s through an outage and after it: every 202 reaches the queue', async (t) => {
-  const proxy = await startFaultProxy({ upstreamHost: shared.hostname, upstreamPort: Number(shared.port || 5672) })
-  t.teardown(() => proxy.close())
-  const q = amqp.name('spool-kill')
-  await (await amqp.channel()).assertQueue(q, { durable: true })
+  const { proxy, q, url } = await proxiedQueue(t, amqp, 'spool-kill')
   const dir = tmp(t)
   const config = {
-    amqp: { urls: [`amqp://guest:guest@127.0.0.1:${proxy.port}/%2F`], reconnect: { initialDelayMs: 100, maxDelayMs: 1000 } },
+    amqp: { urls: [url], reconnect: { initialDelayMs: 100, maxDelayMs: 1000 } },
     publish: { spool: { dir } },
     shutdown: { drainMs: 0 },
     log: { level: 'info' },
