@@ -7,7 +7,7 @@
 import type { ConsumeMessage } from 'amqplib'
 import t from 'tap'
 import { messageFrame, needsNoEscape, toDelivered } from '../src/consume/delivery.js'
-import { Expiries } from '../src/consume/expiry.js'
+import { Expiries } from '../src/expiry.js'
 
 // Expiry timers are unref()ed (they must not hold a closing sidecar open): hold the test process open while they run.
 const keepAlive = setInterval(() => {}, 60_000)
@@ -105,4 +105,32 @@ t.test('Expiries: a timer that fires before the head is due re-arms; clear stops
   ex.clear()
   t.equal(ex.size, 0)
   t.equal(ex.timers, 0)
+})
+
+t.test('Expiries: a start taken before an await is put in order, and an earlier new head re-arms the timer', async (t) => {
+  let now = 1_000
+  const expired: string[] = []
+  let fired: () => void = () => {}
+  const ex = new Expiries<string>(
+    (item) => {
+      expired.push(item)
+      fired()
+    },
+    () => now,
+  )
+  const start = ex.clock()
+  now = 1_040 // an await (a publish's exchange check) later
+  ex.add('late', 60) // due 1100
+  ex.add('first', 60, start) // due 1060: before the tail, and the new head
+  ex.add('middle', 60, 1_010) // due 1070: between the two
+  t.equal(ex.timers, 1, 'one length, one timer')
+  now = 1_065
+  const one = new Promise<void>((r) => (fired = r))
+  await one
+  t.same(expired, ['first'], 'the head started before the await expires first, on a timer re-armed for it (not the 60 ms of the first add)')
+  now = 1_200
+  const rest = new Promise<void>((r) => (fired = () => expired.length === 3 && r()))
+  await rest
+  t.same(expired, ['first', 'middle', 'late'], 'due order, not insertion order')
+  t.equal(ex.size, 0)
 })

@@ -14,7 +14,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Channel, ConsumeMessage } from 'amqplib'
 import type { Metrics } from '../observe/metrics.js'
-import { Expiries, type ExpiryEntry } from './expiry.js'
+import { Expiries, type ExpiryEntry } from '../expiry.js'
 
 /** How an app learns what happened to its ack or nack. */
 export type SettleResult = 'acked' | 'nacked' | 'stale' | 'unknown'

@@ -6,6 +6,7 @@
  */
 import type { ConfirmChannel, ChannelModel, Options } from 'amqplib'
 import type { SidecarError } from '../errors.js'
+import type { ExpiryEntry } from '../expiry.js'
 
 export interface OutgoingMessage {
   exchange: string
@@ -35,7 +36,8 @@ export interface Entry {
   answered: boolean
   returned: boolean
   channel: ChannelSlot | undefined
-  timer: NodeJS.Timeout | undefined
+  /** Its place in the publisher's deadline list (confirm mode only). */
+  timer: ExpiryEntry<Entry> | undefined
   /** Bytes held in the PublishBuffer (0 when the spool bounds the message instead). */
   held: number
   /** Copies written so far. */

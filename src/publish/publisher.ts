@@ -29,6 +29,7 @@
 import { IllegalOperationError } from 'amqplib'
 import { TIMED_OUT, withDeadline } from '../deadline.js'
 import { SidecarError, type ErrorCode } from '../errors.js'
+import { Expiries } from '../expiry.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
 import type { Upstream } from '../upstream/connection.js'
@@ -68,6 +69,8 @@ export class Publisher {
   #closed = false
   readonly #exchanges = new ExchangeRegistry()
   readonly #settle: Settler
+  /** Confirm-mode deadlines: one timer per deadline length, not one per message (expiry.ts). */
+  readonly #deadlines = new Expiries<Entry>((entry) => this.#onDeadline(entry))
   #store: AcceptedStore | undefined
 
   constructor(
@@ -77,7 +80,7 @@ export class Publisher {
     private readonly log: Logger,
     opts: PublisherOptions = {},
   ) {
-    this.#settle = new Settler(opts.deadLetter ?? null, buffer, metrics, log, (entry) => this.#enqueue(entry))
+    this.#settle = new Settler(opts.deadLetter ?? null, buffer, metrics, log, this.#deadlines, (entry) => this.#enqueue(entry))
     this.#nackRetryMs = opts.nackRetryMs ?? 5_000
     this.#channels = new PublishChannels(upstream, log, {
       writable: () => this.#flush(),
@@ -118,6 +121,8 @@ export class Publisher {
   async publish(msg: OutgoingMessage, opts: { deadlineMs: number; mode: AckMode }): Promise<PublishResult> {
     if (opts.mode === 'accepted' && this.#store) return this.#store.accept(msg, opts.deadlineMs)
     const deadlineAt = Date.now() + opts.deadlineMs
+    // Taken before admit's await, so the deadline counts from the request.
+    const start = this.#deadlines.clock()
     await this.admit(msg, opts.deadlineMs)
     const held = heldBytes(msg)
     if (!this.buffer.tryReserve(held)) {
@@ -131,7 +136,7 @@ export class Publisher {
       if (opts.mode === 'accepted') {
         this.#settle.answer(entry, { messageId: msg.options.messageId, status: 'accepted' }, 'accepted')
       } else {
-        entry.timer = setTimeout(() => this.#onDeadline(entry), Math.max(0, deadlineAt - Date.now()))
+        entry.timer = this.#deadlines.add(entry, opts.deadlineMs, start)
       }
       this.#enqueue(entry)
     })

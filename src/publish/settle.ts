@@ -12,6 +12,7 @@
  * at error level with its message_id and counted.
  */
 import { SidecarError } from '../errors.js'
+import type { Expiries } from '../expiry.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, PublishOutcome } from '../observe/metrics.js'
 import type { PublishBuffer } from './buffer.js'
@@ -28,6 +29,7 @@ export class Settler {
     private readonly buffer: PublishBuffer,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    private readonly deadlines: Expiries<Entry>,
     private readonly enqueue: (entry: Entry) => void,
   ) {}
 
@@ -59,7 +61,7 @@ export class Settler {
   finish(entry: Entry, result: PublishResult | SidecarError, outcome: PublishOutcome, how: Settlement): void {
     if (entry.state === 'done') return
     entry.state = 'done'
-    if (entry.timer) clearTimeout(entry.timer)
+    if (entry.timer) this.deadlines.remove(entry.timer)
     if (entry.held > 0) this.buffer.release(entry.held)
     entry.settled?.(how)
     if (entry.mode === 'accepted' && result instanceof SidecarError) {

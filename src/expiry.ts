@@ -1,12 +1,16 @@
 /**
- * Lease expiry without a timer per lease. A consumer at thousands of messages
- * a second armed and cleared a setTimeout per delivery (an object, a timer
- * list insert and removal each). Here every lease length has one ordered list
- * and at most one timer: since the length is the same for every entry of a
- * list, an entry added later is due later, so entries are appended at the tail
- * and expire from the head. Removing an entry (ack, nack, extend) unlinks it
- * in O(1) and leaves the timer alone: a timer that finds nothing due re-arms
- * for the new head, or lets the list go when it is empty.
+ * Deadlines without a timer per item: lease expiry (consume/leases.ts) and
+ * publish deadlines (publish/publisher.ts). A consumer or publisher at
+ * thousands of messages a second armed and cleared a setTimeout per message
+ * (an object, a timer list insert and removal each). Here every length has one
+ * ordered list and at most one timer: since the length is the same for every
+ * entry of a list, an entry started later is due later, so entries are nearly
+ * always appended at the tail and expire from the head. An entry whose start
+ * was taken before an await (a publish that checked its exchange first) may
+ * be due before the tail: it is inserted in order, scanning from the tail.
+ * Removing an entry (ack, nack, confirm, extend) unlinks it in O(1) and leaves
+ * the timer alone: a timer that finds nothing due re-arms for the new head, or
+ * lets the list go when it is empty.
  *
  * Invariant: a list with entries has a timer armed no later than its head is due.
  */
@@ -29,6 +33,8 @@ interface ExpiryList<T> {
   head: ExpiryEntry<T> | undefined
   tail: ExpiryEntry<T> | undefined
   timer: NodeJS.Timeout | undefined
+  /** now() when the armed timer fires. */
+  armedFor: number
 }
 
 export class Expiries<T> {
@@ -53,16 +59,32 @@ export class Expiries<T> {
     return n
   }
 
-  /** `item` expires `ms` from now, unless removed first. */
-  add(item: T, ms: number): ExpiryEntry<T> {
+  /** The clock entries are due by (monotonic ms); a caller that takes a start before an await passes it to add(). */
+  clock(): number {
+    return this.now()
+  }
+
+  /** `item` expires `ms` after `start` (a clock() reading; now by default), unless removed first. */
+  add(item: T, ms: number, start: number = this.now()): ExpiryEntry<T> {
     let list = this.#lists.get(ms)
-    if (!list) this.#lists.set(ms, (list = { ms, head: undefined, tail: undefined, timer: undefined }))
-    const entry: ExpiryEntry<T> = { item, due: this.now() + ms, prev: list.tail, next: undefined, list }
-    if (list.tail) list.tail.next = entry
+    if (!list) this.#lists.set(ms, (list = { ms, head: undefined, tail: undefined, timer: undefined, armedFor: 0 }))
+    const due = start + ms
+    // Walk back from the tail past entries due later (none, unless start was taken before an await).
+    let after = list.tail
+    while (after && after.due > due) after = after.prev
+    const before = after ? after.next : list.head
+    const entry: ExpiryEntry<T> = { item, due, prev: after, next: before, list }
+    if (after) after.next = entry
     else list.head = entry
-    list.tail = entry
+    if (before) before.prev = entry
+    else list.tail = entry
     this.#size++
-    if (!list.timer) this.#arm(list, ms)
+    if (!list.timer) this.#arm(list, due)
+    else if (due < list.armedFor) {
+      // A new head due before the armed timer: fire for it instead.
+      clearTimeout(list.timer)
+      this.#arm(list, due)
+    }
     return entry
   }
 
@@ -88,8 +110,9 @@ export class Expiries<T> {
     this.#size = 0
   }
 
-  #arm(list: ExpiryList<T>, ms: number): void {
-    list.timer = setTimeout(() => this.#fire(list), ms)
+  #arm(list: ExpiryList<T>, due: number): void {
+    list.armedFor = due
+    list.timer = setTimeout(() => this.#fire(list), Math.max(0, Math.ceil(due - this.now())))
     list.timer.unref()
   }
 
@@ -103,7 +126,7 @@ export class Expiries<T> {
     // An onExpire that added to this list armed its timer already.
     if (list.timer) return
     // Node's timer clock and performance.now() may differ by a fraction of a millisecond: re-arm for what is left.
-    if (list.head) this.#arm(list, Math.max(1, Math.ceil(list.head.due - now)))
+    if (list.head) this.#arm(list, Math.max(now + 1, list.head.due))
     else if (this.#lists.get(list.ms) === list) this.#lists.delete(list.ms)
   }
 }
