@@ -8,23 +8,19 @@
  */
 import { once } from 'node:events'
 import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
 import { directAmqp } from './fixtures/amqp.js'
 import { SHARED_BROKER_URL, startSidecar } from './fixtures/sidecar.js'
-import { waitFor } from './fixtures/wait.js'
+import { freePort, waitFor } from './fixtures/wait.js'
 
 const N = 8
 /** How long the app stays away: the scenario itself, not a synchronisation. */
 const APP_AWAY_MS = 20_000
 
-// A free port nobody listens on yet: the app will take it later.
-const reserve = createServer()
-reserve.listen(0, '127.0.0.1')
-await once(reserve, 'listening')
-const port = (reserve.address() as AddressInfo).port
-await new Promise((r) => reserve.close(r))
+// A free port nobody listens on yet: the app will take it later. Below the
+// ephemeral range (freePort), so the sidecar's probes cannot take it first.
+const port = await freePort()
 
 const amqp = await directAmqp(t, SHARED_BROKER_URL)
 const q = amqp.name('push-pause')

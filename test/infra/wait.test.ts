@@ -1,4 +1,5 @@
 // The waiting helpers must both succeed and fail loudly, naming what they waited for.
+import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { EventEmitter } from 'node:events'
 import { createServer } from 'node:net'
@@ -66,4 +67,13 @@ t.test('freePort/freePorts give distinct bindable ports', async (t) => {
   await new Promise((resolve) => server.once('listening', resolve))
   t.teardown(() => server.close())
   t.pass(`bound ${port}`)
+})
+
+t.test('free ports are below the ephemeral range, so no client socket can take one while nothing listens', async (t) => {
+  const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number)
+  const ports = await freePorts(50)
+  t.ok(
+    ports.every((p) => p >= 1024 && p < (low as number)),
+    `all 50 below ${low} (${Math.min(...ports)}-${Math.max(...ports)})`,
+  )
 })
