@@ -153,6 +153,12 @@ export class LeaseTable {
    * An expired lease was requeued already: it answers stale, like a late ack.
    */
   extend(deliveryId: string, leaseMs: number): ExtendResult {
+    const result = this.#extend(deliveryId, leaseMs)
+    this.metrics.leaseExtensions.inc({ result: result.result })
+    return result
+  }
+
+  #extend(deliveryId: string, leaseMs: number): ExtendResult {
     const lease = this.#live.get(deliveryId)
     if (!lease) return { result: this.#stale.has(deliveryId) ? 'stale' : 'unknown' }
     if (!lease.channel.open) {

@@ -95,6 +95,12 @@ export function createMetrics(registry = new Registry()) {
     deliveries: new Counter({ name: `${PREFIX}deliveries_total`, help: 'Messages handed to apps, by way', labelNames: ['via'], registers: r }),
     acks: new Counter({ name: `${PREFIX}acks_total`, help: 'App acks by result: acked, stale, unknown', labelNames: ['result'], registers: r }),
     nacks: new Counter({ name: `${PREFIX}nacks_total`, help: 'App nacks by result: nacked, stale, unknown', labelNames: ['result'], registers: r }),
+    leaseExtensions: new Counter({
+      name: `${PREFIX}lease_extensions_total`,
+      help: 'Lease extensions (long jobs) by result: extended, stale, unknown',
+      labelNames: ['result'],
+      registers: r,
+    }),
     leases: new Gauge({ name: `${PREFIX}leases`, help: 'Deliveries handed out and not yet settled', registers: r }),
     websocketClients: new Gauge({ name: `${PREFIX}websocket_clients`, help: 'Open WebSocket clients', registers: r }),
     websocketCuts: new Counter({
