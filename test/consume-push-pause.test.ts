@@ -48,6 +48,8 @@ const pushStatus = async () => {
 const pausedGauge = async () => new RegExp(`amqp_sidecar_push_paused\\{queue="${q}"\\} (\\d)`).exec(await (await fetch(`${sc.ops}/metrics`)).text())?.[1]
 
 t.test('an app that is not listening yet gets every message once it is, none dead-lettered', async (t) => {
+  // Consuming means the topology (the queue) is declared: a message published before that would route nowhere.
+  await waitFor(async () => (await pushStatus())['consuming'] === true, { timeoutMs: 15_000, what: 'the push subscription to consume' })
   const ch = await amqp.channel()
   const publishedAt = Date.now()
   for (let i = 0; i < N; i++) ch.sendToQueue(q, Buffer.from(`job-${i}`), { messageId: `job-${i}` })
