@@ -2,12 +2,16 @@
  * Request/reply over direct reply-to (DESIGN.md section 3), against the shared
  * broker: a responder app that consumes THROUGH the sidecar (WebSocket) and
  * answers to replyTo through it too, concurrent requests matched to their own
- * replies, a queue nobody answers (504 RPC_TIMEOUT), no queue bound (422), the
+ * replies (and responders that consume by HTTP pull and by push, answering
+ * with plain HTTP publishes), a queue nobody answers (504 RPC_TIMEOUT), no queue bound (422), the
  * bound on waiting requests (503 RPC_BUSY), the WebSocket rpc op, and a reset
  * of the sidecar's link while a request waits (504 RPC_OUTCOME_UNKNOWN, at
  * once: the code says it was not the deadline). The reset goes through a fault
  * proxy, so only this file's own connections are hurt.
  */
+import { once } from 'node:events'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { directAmqp } from './fixtures/amqp.js'
 import { metric } from './fixtures/faults.js'
@@ -22,6 +26,8 @@ const qEcho = amqp.name('rpc-echo')
 const qSilent = amqp.name('rpc-silent')
 const qBusy = amqp.name('rpc-busy')
 const qReset = amqp.name('rpc-reset')
+const qPull = amqp.name('rpc-pull')
+const qPush = amqp.name('rpc-push')
 const declare = (names: string[]) => ({ topology: { queues: names.map((name) => ({ name, durable: false })) } })
 
 async function ready(sc: RunningSidecar): Promise<void> {
@@ -64,7 +70,7 @@ async function responder(t: Test, api: string, queue: string, opts: { hold?: num
   return ws
 }
 
-const sc = await startSidecar(t, declare([qEcho, qSilent]))
+const sc = await startSidecar(t, declare([qEcho, qSilent, qPull]))
 await ready(sc)
 
 t.test('a responder behind the sidecar answers; the reply comes back as body and X- headers', async (t) => {
@@ -82,6 +88,8 @@ t.test('a responder behind the sidecar answers; the reply comes back as body and
   t.equal(res.headers['x-header-served'], 'yes', 'reply headers as X-Header-<name>')
   t.equal(res.headers['x-header-attempt'], '1')
   // The request as the responder saw it: reply_to rewritten by the broker, an expiration from the deadline.
+  await r.next((f) => f.op === 'confirm' && f['id'] === 'reply-0', "the responder's reply publish confirmed")
+  t.same(r.ops('error'), [], 'the reply publish was not refused (no false 422 UNROUTABLE for a direct reply-to address)')
   const seen = r.ops('message')[0]?.['properties'] as { replyTo?: string; expiration?: string; headers?: Record<string, unknown> }
   t.match(seen.replyTo, /^amq\.rabbitmq\.reply-to\./, 'reply_to is direct reply-to')
   t.equal(seen.expiration, '10000', 'the request expires with its deadline (publish.timeoutMs)')
@@ -100,6 +108,74 @@ t.test('concurrent requests each get their own reply, whatever order the replies
   const ids = new Set(results.map((r) => r.headers['x-correlation-id']))
   t.equal(ids.size, n, 'every request had its own generated correlation id')
   t.equal(await metric(sc.ops, 'amqp_sidecar_rpc_outstanding'), 0, 'nothing left waiting')
+})
+
+t.test('a responder that pulls over HTTP and answers with an HTTP publish', async (t) => {
+  let stop = false
+  t.teardown(() => void (stop = true))
+  const served = (async () => {
+    while (!stop) {
+      const pulled = await request(sc.api, `/v1/queues/${qPull}/pull?max=10&waitMs=1000`, { method: 'POST' })
+      if (pulled.status === 204) continue
+      if (pulled.status !== 200) throw new Error(`pull answered ${pulled.status} ${pulled.text}`)
+      const batch = JSON.parse(pulled.text) as Array<{ deliveryId: string; body: string; properties: { replyTo: string; correlationId: string } }>
+      for (const m of batch) {
+        // The JSON envelope: the reply-to address is a routing key like any other, no URL encoding needed.
+        const reply = await request(sc.api, '/v1/publish', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ exchange: 'amq.default', routingKey: m.properties.replyTo, body: `pulled:${m.body}`, properties: { correlationId: m.properties.correlationId } }),
+        })
+        if (reply.status !== 200) throw new Error(`the reply publish answered ${reply.status} ${reply.text}`)
+      }
+      await request(sc.api, '/v1/ack', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ deliveryIds: batch.map((m) => m.deliveryId) }) })
+      return batch.length
+    }
+    return 0
+  })()
+  const res = await request(sc.api, `/v1/rpc/amq.default/${qPull}`, { method: 'POST', headers: { 'content-type': 'text/plain', 'x-timeout-ms': '20000' }, body: 'q1', timeoutMs: 30_000 })
+  t.equal(`${res.status} ${res.text}`, '200 pulled:q1', 'the reply published by the pulling responder came back')
+  t.equal(await served, 1, 'the responder pulled, answered and acked one request')
+  await waitFor(async () => (await amqp.depth(qPull)) === 0 && sc.sidecar.consumers.leases.size === 0, { timeoutMs: 15_000, what: 'the request acked' })
+  t.pass('nothing left on the request queue')
+})
+
+t.test('a responder that gets requests by push and answers with a raw HTTP publish to the URL-encoded reply-to address', async (t) => {
+  // The pushed request carries X-Reply-To and X-Correlation-Id; the app answers through its sidecar's raw route.
+  let pusher: RunningSidecar | undefined
+  const seen: string[] = []
+  const replies: number[] = []
+  const app = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const replyTo = String(req.headers['x-reply-to'])
+      seen.push(replyTo)
+      void request((pusher as RunningSidecar).api, `/v1/publish/amq.default/${encodeURIComponent(replyTo)}`, {
+        method: 'POST',
+        headers: { 'content-type': 'text/plain', 'x-correlation-id': String(req.headers['x-correlation-id']) },
+        body: `pushed:${Buffer.concat(chunks).toString()}`,
+      }).then((reply) => {
+        replies.push(reply.status)
+        res.writeHead(reply.status === 200 ? 204 : 503).end()
+      })
+    })
+  })
+  app.listen(0, '127.0.0.1')
+  await once(app, 'listening')
+  t.teardown(() => new Promise<void>((r) => app.close(() => r())))
+  pusher = await startSidecar(t, {
+    ...declare([qPush]),
+    consume: { push: [{ queue: qPush, url: `http://127.0.0.1:${(app.address() as AddressInfo).port}/rpc` }] },
+  })
+  await ready(pusher)
+  const res = await request(sc.api, `/v1/rpc/amq.default/${qPush}`, { method: 'POST', headers: { 'content-type': 'text/plain', 'x-timeout-ms': '20000' }, body: 'q2', timeoutMs: 30_000 })
+  t.equal(`${res.status} ${res.text}`, '200 pushed:q2', 'the reply published by the pushed-to app came back')
+  t.match(seen[0], /^amq\.rabbitmq\.reply-to\./, 'the app saw the direct reply-to address in X-Reply-To')
+  await waitFor(() => replies.length > 0, { timeoutMs: 15_000, what: "the app's reply publish answered" })
+  t.same(replies, [200], 'the reply publish answered 200, once (no false 422, so no retried push)')
+  await waitFor(async () => (await amqp.depth(qPush)) === 0 && pusher!.sidecar.consumers.leases.size === 0, { timeoutMs: 15_000, what: 'the pushed request acked' })
+  t.pass('the pushed request was acked')
 })
 
 t.test('a request no queue takes is 422 UNROUTABLE; refused headers are 400', async (t) => {

@@ -147,6 +147,16 @@ const PROPERTY_HEADERS = [
 
 const HEADER_PREFIX = 'x-header-'
 
+/**
+ * A reply to an RPC caller: the routing key RabbitMQ generates for direct
+ * reply-to. The broker delivers such a publish straight to the caller's
+ * channel but counts it as routed to no queue, so with mandatory it also
+ * sends basic.return (seen on RabbitMQ 3.10: NO_ROUTE, yet delivered) and
+ * the app would get a false 422. Replies go without mandatory; a reply whose
+ * caller is gone is dropped by the broker, as with any client.
+ */
+const DIRECT_REPLY_TO_PREFIX = 'amq.rabbitmq.reply-to.'
+
 function build(
   exchange: string,
   rk: string,
@@ -160,7 +170,7 @@ function build(
   const expiration = props.expiration === undefined ? undefined : String(parseIntIn('expiration', props.expiration, 0, 2 ** 31 - 1))
   const options: OutgoingMessage['options'] = {
     messageId,
-    mandatory,
+    mandatory: mandatory && !(exchange === '' && rk.startsWith(DIRECT_REPLY_TO_PREFIX)),
     persistent: props.persistent ?? defaults.persistent,
     headers: checkHeaders(headers ?? {}),
   }
