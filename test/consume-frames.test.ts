@@ -83,22 +83,32 @@ t.test('Expiries: one list per length, in order, removed entries never expire', 
   t.equal(ex.size, 0, 'removing an expired entry changes nothing')
 })
 
-t.test('Expiries: a timer that fires before the head is due re-arms; clear stops everything', async (t) => {
-  let now = 0
+/**
+ * Expiries on a clock the test moves: `clock.now` is what the lists read,
+ * `expired` what has expired so far, and `next(n)` resolves once n have.
+ */
+function fakeClockExpiries(start: number) {
+  const clock = { now: start }
   const expired: string[] = []
-  let fired: () => void = () => {}
+  let waiting: { n: number; resolve: () => void } | undefined
   const ex = new Expiries<string>(
     (item) => {
       expired.push(item)
-      fired()
+      if (waiting && expired.length >= waiting.n) waiting.resolve()
     },
-    () => now,
+    () => clock.now,
   )
+  const next = (n: number) => new Promise<void>((resolve) => (waiting = { n, resolve }))
+  return { ex, clock, expired, next }
+}
+
+t.test('Expiries: a timer that fires before the head is due re-arms; clear stops everything', async (t) => {
+  const { ex, clock, expired, next } = fakeClockExpiries(0)
   ex.add('early', 1)
-  now = 0.5 // the clock says it is not due yet when the timer fires
-  const first = new Promise<void>((r) => (fired = r))
+  clock.now = 0.5 // the clock says it is not due yet when the timer fires
+  const first = next(1)
   // The timer fires, finds nothing due, and must re-arm: moving the clock on lets the next firing expire it.
-  setTimeout(() => (now = 10), 20).unref()
+  setTimeout(() => (clock.now = 10), 20).unref()
   await first
   t.same(expired, ['early'])
   ex.add('never', 1)
@@ -108,29 +118,18 @@ t.test('Expiries: a timer that fires before the head is due re-arms; clear stops
 })
 
 t.test('Expiries: a start taken before an await is put in order, and an earlier new head re-arms the timer', async (t) => {
-  let now = 1_000
-  const expired: string[] = []
-  let fired: () => void = () => {}
-  const ex = new Expiries<string>(
-    (item) => {
-      expired.push(item)
-      fired()
-    },
-    () => now,
-  )
+  const { ex, clock, expired, next } = fakeClockExpiries(1_000)
   const start = ex.clock()
-  now = 1_040 // an await (a publish's exchange check) later
+  clock.now = 1_040 // an await (a publish's exchange check) later
   ex.add('late', 60) // due 1100
   ex.add('first', 60, start) // due 1060: before the tail, and the new head
   ex.add('middle', 60, 1_010) // due 1070: between the two
   t.equal(ex.timers, 1, 'one length, one timer')
-  now = 1_065
-  const one = new Promise<void>((r) => (fired = r))
-  await one
+  clock.now = 1_065
+  await next(1)
   t.same(expired, ['first'], 'the head started before the await expires first, on a timer re-armed for it (not the 60 ms of the first add)')
-  now = 1_200
-  const rest = new Promise<void>((r) => (fired = () => expired.length === 3 && r()))
-  await rest
+  clock.now = 1_200
+  await next(3)
   t.same(expired, ['first', 'middle', 'late'], 'due order, not insertion order')
   t.equal(ex.size, 0)
 })
