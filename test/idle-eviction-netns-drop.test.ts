@@ -7,10 +7,12 @@
  * idle period that met the cut is therefore KEEPALIVE_MS (an upper bound);
  * an idle period of SURVIVE_MS the flow survived is the lower bound.
  *
- * The app publishes only right after each (re)connect: a publish into an
- * evicted, silently dropping flow is retransmitted by TCP, which no keepalive
- * probe interrupts, so it ends by its deadline (504), not by a reconnect;
- * that is why a heartbeat under the middlebox timeout matters.
+ * In the first test the app publishes only right after each (re)connect, so
+ * keepalive is what finds each cut. The next two publish INTO the evicted
+ * flow after an idle spell, adaptation off: TCP would retransmit that publish
+ * into the dark until its deadline (504, the last test, with the check off);
+ * with amqp.unansweredWriteMs the sidecar sees no byte come back, replaces
+ * the connection and re-sends, and the app gets 200.
  *
  * Invariants L, D, H, S, R (FAULTS.md), plus: the diagnosis names the timeout
  * within the bracket the idle periods allow, the heartbeat adapts, the cuts
@@ -94,5 +96,52 @@ if (skip) {
     await checkLD(t, env.amqp, q, outcomes, { duplicateBound: 0 })
     await checkR(t, env.amqp, { api: sc.api, exchange: '', routingKey: q, queue: q })
     await checkS(t, env.password, { api: sc.api, ops: sc.ops, logs: sc.output })
+  })
+
+  /**
+   * Publish right after connecting, stay idle past the NAT timeout, publish again: the
+   * second publish goes into the evicted flow, whose packets the router drops.
+   */
+  const afterEviction = async (sc: Awaited<ReturnType<typeof row8Sidecar>>, q: string, i: number) => {
+    const target = { api: sc.api, exchange: '', routingKey: q }
+    await waitFor(async () => (await status(sc)).upstream.state === 'connected', { timeoutMs: 30_000, intervalMs: 200, what: 'the publish connection' })
+    const first = await publishOnce(target, `e${i}-a`, { deadlineMs: DEADLINE_MS })
+    await delay(KEEPALIVE_MS + 500)
+    const second = await publishOnce(target, `e${i}-b`, { deadlineMs: DEADLINE_MS })
+    return { first, second }
+  }
+
+  t.test('silent DROP, heartbeat 0, adaptation off: a publish into the evicted flow is answered 200 (no byte back, so reconnect and re-send)', async (t) => {
+    const q = env.amqp.name('row8-drop-off')
+    // Keepalive far away, so only the unanswered publish can find the eviction.
+    const sc = await row8Sidecar(t, env, { heartbeatSeconds: 0, keepAliveDelayMs: 120_000, unansweredWriteMs: 2000, adaptiveHeartbeat: { enabled: false } }, q)
+    const outcomes: Outcome[] = []
+    for (let i = 0; i < 2; i++) {
+      const before = cuts((await status(sc)).upstream)
+      const { first, second } = await afterEviction(sc, q, i)
+      outcomes.push(first, second)
+      t.same(
+        [first.status, second.status],
+        [200, 200],
+        `round ${i}: the publish after ${KEEPALIVE_MS + 500} ms idle (NAT ${NAT_MS} ms) is confirmed, in ${second.ms} ms (${second.code ?? ''})`,
+      )
+      const st = await status(sc)
+      t.equal(cuts(st.upstream), before + 1, `round ${i}: the dead flow was replaced once`)
+      t.equal(st.upstream.lastDisconnect?.cause, 'unanswered-write', `round ${i}: found by the unanswered publish`)
+      t.ok((st.upstream.lastDisconnect?.idleMsBefore ?? 0) >= NAT_MS, `round ${i}: the idle period that met the cut (${st.upstream.lastDisconnect?.idleMsBefore} ms) is past the NAT timeout`)
+    }
+    t.equal((await status(sc)).upstream.requestedHeartbeatSeconds, 0, 'adaptation off: the heartbeat stays 0')
+    checkH(t, outcomes)
+    await checkLD(t, env.amqp, q, outcomes, { duplicateBound: 2 })
+    await checkR(t, env.amqp, { api: sc.api, exchange: '', routingKey: q, queue: q })
+    await checkS(t, env.password, { api: sc.api, ops: sc.ops, logs: sc.output })
+  })
+
+  t.test('the same with amqp.unansweredWriteMs 0 (the behaviour before it): the publish ends by its deadline with 504', async (t) => {
+    const q = env.amqp.name('row8-drop-off0')
+    const sc = await row8Sidecar(t, env, { heartbeatSeconds: 0, keepAliveDelayMs: 120_000, unansweredWriteMs: 0, adaptiveHeartbeat: { enabled: false } }, q)
+    const { first, second } = await afterEviction(sc, q, 0)
+    t.same([first.status, second.status], [200, 504], 'without the check, TCP retransmits into the dark until the deadline')
+    checkH(t, [first, second])
   })
 }

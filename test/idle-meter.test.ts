@@ -13,8 +13,8 @@
 import { once } from 'node:events'
 import { connect, createServer, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
-import { IdleMeter } from '../src/upstream/idle-meter.js'
-import { delay, waitForEvent } from './fixtures/wait.js'
+import { ARM_IDLE_MS, IdleMeter } from '../src/upstream/idle-meter.js'
+import { delay, waitFor, waitForEvent } from './fixtures/wait.js'
 
 const SURVIVED_MS = 400
 const CUT_MS = 2000
@@ -126,4 +126,36 @@ t.test('a proxy that times what the client sends: a late reply does not make the
 
 t.test('no reading before start', async (t) => {
   t.equal(new IdleMeter().readCut(), null)
+})
+
+t.test('a write after an idle spell that gets no byte back is reported once; busy or answered writes are not', async (t) => {
+  const c = await peer(t)
+  const meter = new IdleMeter()
+  t.teardown(() => meter.stop())
+  const UNANSWERED_MS = 500
+  const calls: number[] = []
+  meter.start(c, { ms: UNANSWERED_MS, call: (waited) => calls.push(waited) })
+  const idle = () => delay(ARM_IDLE_MS + 300) // the fault here is time itself
+
+  // Answered: after an idle spell, a ping comes back as a pong.
+  await idle()
+  c.write('ping')
+  meter.expectAnswer()
+  await waitForEvent(c, 'data', { timeoutMs: 10_000, what: 'pong' })
+  // Not idle: a write right after the pong that nobody answers does not arm the check.
+  c.write('hush')
+  meter.expectAnswer()
+  await delay(UNANSWERED_MS * 3)
+  t.same(calls, [], 'neither the answered write nor one on a busy flow was reported')
+
+  // After an idle spell, a write the peer never answers: a dead flow.
+  await idle()
+  const wroteAt = Date.now()
+  c.write('hush')
+  meter.expectAnswer()
+  meter.expectAnswer() // more writes before the answer keep the first one's clock
+  await waitFor(() => calls.length > 0, { timeoutMs: 10_000, what: 'the unanswered write to be reported' })
+  t.equal(calls.length, 1, 'reported once')
+  t.ok((calls[0] as number) >= UNANSWERED_MS, `after ${calls[0]} ms without a byte back (>= ${UNANSWERED_MS})`)
+  t.ok(Date.now() - wroteAt >= UNANSWERED_MS, 'not before its time')
 })

@@ -44,6 +44,10 @@ export const schema = {
       floorSeconds: { doc: 'The lowest heartbeat adaptation may choose.', format: 'integer', default: 2, min: 1 },
     },
     keepAliveDelayMs: { doc: 'TCP keepalive idle delay on the broker socket.', format: 'integer', default: 15000 },
+    unansweredWriteMs: ms(
+      'A publish written after the publish connection was idle (no byte either way) for 1 s or more, and answered by no byte at all within this many ms, means the flow is dead: a middlebox forgot it and drops its packets silently, or the broker is frozen. The connection is replaced and the publish re-sent within its deadline. Keep it well below publish.timeoutMs. 0: off (then only the heartbeat and TCP keepalive find such a flow).',
+      2000,
+    ),
     connectTimeoutMs: ms('Deadline for TCP connect plus the AMQP handshake.', 10000, 1),
     reconnect: {
       initialDelayMs: ms('Smallest reconnect backoff cap (full jitter).', 500, 1),

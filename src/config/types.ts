@@ -40,6 +40,7 @@ export interface Config {
     heartbeatSeconds: number
     adaptiveHeartbeat: { enabled: boolean; floorSeconds: number }
     keepAliveDelayMs: number
+    unansweredWriteMs: number
     connectTimeoutMs: number
     reconnect: { initialDelayMs: number; maxDelayMs: number }
     connectionName: string

@@ -293,6 +293,8 @@ export class Publisher {
         this.#settle.refuse(entry, new SidecarError('INVALID_REQUEST', `The message could not be encoded: ${(err as Error).message}`))
         continue
       }
+      // The broker must answer it: after an idle spell, no byte back means a dead flow (idle-meter.ts).
+      this.upstream.expectAnswer()
       // amqplib's write buffer is full: wait for its 'drain' before writing more.
       if (!hasRoom) {
         slot.hasRoom = false

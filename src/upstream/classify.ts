@@ -10,6 +10,7 @@ export const DISCONNECT_CAUSES = [
   'econnrefused',
   'etimedout',
   'heartbeat-timeout',
+  'unanswered-write',
   'connection-forced',
   'access-refused',
   'not-allowed',
@@ -29,6 +30,9 @@ export interface ClassifiedError {
   code: string | number | undefined
   message: string
 }
+
+/** The code of the error the sidecar destroys a socket with when a publish after an idle spell got no answer (idle-meter.ts). */
+export const UNANSWERED_CODE = 'EUNANSWERED'
 
 const TLS_CODES = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|ERR_OSSL)/
 
@@ -50,6 +54,8 @@ function causeOf(code: string | number | undefined, message: string, library: un
     return 'other'
   }
   switch (code) {
+    case UNANSWERED_CODE:
+      return 'unanswered-write'
     case 'ECONNRESET':
       return 'econnreset'
     case 'EPIPE':

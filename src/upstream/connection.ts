@@ -19,7 +19,7 @@ import { coalesceWrites } from './coalesce.js'
 import { brokerUrls, socketOptions } from './endpoints.js'
 import { IdleMeter } from './idle-meter.js'
 import { Backoff } from './backoff.js'
-import { classifyError, type DisconnectCause } from './classify.js'
+import { classifyError, UNANSWERED_CODE, type DisconnectCause } from './classify.js'
 import { bracketText, detectIdleTimeout } from './diagnosis.js'
 import { declareTopology, TopologyError } from './topology.js'
 
@@ -252,7 +252,8 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     this.#connectedAt = Date.now()
     this.#connects++
     this.#lastConnectError = null
-    this.#idle.start(this.#socket)
+    const socket = this.#socket
+    this.#idle.start(socket, { ms: this.config.amqp.unansweredWriteMs, call: (waitedMs) => this.#onUnanswered(socket, waitedMs) })
     this.metrics.upstreamConnects.inc(this.#labels)
     this.metrics.upstreamConnected.set(this.#labels, 1)
     const hb = (connection as unknown as { connection: { heartbeat: number } }).connection.heartbeat
@@ -281,6 +282,23 @@ export class Upstream extends EventEmitter<UpstreamEvents> {
     if (this.#connection !== connection || now === 'closed' || now === 'idle') return
     this.#setState(this.#blockedReason ? 'blocked' : 'connected')
     this.emit('ready', connection)
+  }
+
+  /**
+   * A publish the publisher expects the broker to answer was written: see
+   * IdleMeter.expectAnswer (a dead flow found without waiting for a timer).
+   */
+  expectAnswer(): void {
+    this.#idle.expectAnswer()
+  }
+
+  /** No byte came back for a publish written after an idle spell: the flow is dead; replace it. */
+  #onUnanswered(socket: Socket, waitedMs: number): void {
+    // A blocked connection is not read by the broker on purpose (an alarm): not a dead flow.
+    if (this.#socket !== socket || this.#state === 'blocked') return
+    this.log.warn({ waitedMs }, 'a publish written after an idle spell got no answer at all: the flow is dead (a middlebox dropped it silently, or the broker is frozen); replacing the connection and re-sending')
+    const err = Object.assign(new Error(`No byte from the broker ${waitedMs} ms after a publish that followed an idle spell (amqp.unansweredWriteMs)`), { code: UNANSWERED_CODE })
+    socket.destroy(err)
   }
 
   #onDisconnect(err: unknown): void {

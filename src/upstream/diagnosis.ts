@@ -22,6 +22,7 @@ const CUT_KIND: Partial<Record<DisconnectCause, CutKind>> = {
   'unexpected-close': 'close',
   'heartbeat-timeout': 'silent',
   etimedout: 'silent',
+  'unanswered-write': 'silent',
 }
 /** How many idle cuts of one kind make a pattern. */
 export const IDLE_PATTERN_MIN_EVENTS = 3
@@ -49,6 +50,8 @@ export const ADVICE: Record<DisconnectCause, string> = {
   econnrefused: 'Nothing accepted the connection: the broker is down, restarting, or the URL/port is wrong. The sidecar retries with backoff.',
   etimedout: 'The connection attempt or the socket timed out: a firewall dropping packets, a wrong host, or a broker too busy to answer.',
   'heartbeat-timeout': 'No frame arrived for about two heartbeat intervals: the broker is frozen or overloaded, or the network silently drops traffic.',
+  'unanswered-write':
+    'A publish written after an idle spell got no answer at all within amqp.unansweredWriteMs: a NAT, load balancer or firewall forgot the idle flow and drops its packets, or the broker is frozen. The sidecar replaced the connection and re-sent the publish; keep heartbeats below the idle timeout to stop the cuts.',
   'connection-forced': 'The broker closed the connection on purpose (320 CONNECTION_FORCED): an operator, a node shutdown or a restart. The sidecar reconnects.',
   'access-refused': 'The broker refused the credentials (403 ACCESS_REFUSED): fix the user, password or permissions; the sidecar keeps retrying slowly and picks up a rotated amqp.urlFile.',
   'not-allowed': 'The broker refused the virtual host (530 NOT_ALLOWED): the vhost does not exist or the user has no access to it.',

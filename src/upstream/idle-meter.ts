@@ -13,10 +13,19 @@
  * read proves the flow still existed (an evicted flow is never revived: with
  * conntrack's tcp_loose=0 the middlebox answers RST or drops), so every gap
  * before it survived, and one of the gaps after it met the cut.
+ *
+ * It also finds such a cut without waiting for a timer: a publish written
+ * after an idle spell (ARM_IDLE_MS, no byte either way) must be answered by
+ * the broker (a confirm, at least); when not a single byte comes back within
+ * the configured time, the flow is dead, and `onUnanswered` is called. Only
+ * writes that follow an idle spell arm it: a flow in use is not the one a
+ * middlebox evicts, and a busy broker is not mistaken for a dead path.
  */
 import type { Socket } from 'node:net'
 
 const SAMPLE_MS = 100
+/** A write after this long without a byte either way is the one that meets a silent eviction. */
+export const ARM_IDLE_MS = 1_000
 
 export interface IdleReading {
   /** The idle period that met the cut: an upper bound for the middlebox's timeout. */
@@ -35,17 +44,52 @@ export class IdleMeter {
   #longestSurvivedMs = 0
   #timer: NodeJS.Timeout | undefined
   #socket: Socket | undefined
+  /** A write after an idle spell waiting for any byte back: when, and bytesRead then. */
+  #awaiting: { at: number; read: number } | undefined
+  #unanswered: { ms: number; call: (waitedMs: number) => void } | undefined
 
-  start(socket: Socket): void {
+  /** `unanswered`: called once when an answer-expecting write after an idle spell got no byte back within `ms`. */
+  start(socket: Socket, unanswered?: { ms: number; call: (waitedMs: number) => void }): void {
     this.stop()
     this.#socket = socket
+    this.#unanswered = unanswered && unanswered.ms > 0 ? unanswered : undefined
+    this.#awaiting = undefined
     this.#lastActivityAt = Date.now()
     this.#lastWriteAt = this.#lastActivityAt
     this.#read = socket.bytesRead
     this.#written = socket.bytesWritten
     this.#unprovenGapMs = 0
     this.#longestSurvivedMs = 0
-    this.#timer = setInterval(() => this.#sample(), SAMPLE_MS).unref()
+    this.#timer = setInterval(() => {
+      this.#sample()
+      this.#checkAnswer()
+    }, SAMPLE_MS).unref()
+  }
+
+  /**
+   * Something the broker must answer was just written (a publish in confirm
+   * mode). Arms the check when the flow had been idle for ARM_IDLE_MS; the
+   * idle time is read from the last sample, so it is exact to SAMPLE_MS.
+   */
+  expectAnswer(): void {
+    const s = this.#socket
+    if (!this.#unanswered || this.#awaiting || !s) return
+    const now = Date.now()
+    if (now - this.#lastActivityAt < ARM_IDLE_MS) return
+    this.#awaiting = { at: now, read: this.#read }
+  }
+
+  #checkAnswer(): void {
+    const waiting = this.#awaiting
+    if (!waiting || !this.#unanswered) return
+    if (this.#read !== waiting.read) {
+      this.#awaiting = undefined
+      return
+    }
+    const waited = Date.now() - waiting.at
+    if (waited < this.#unanswered.ms) return
+    this.#awaiting = undefined
+    this.#unanswered.call(waited)
   }
 
   /**
@@ -71,6 +115,7 @@ export class IdleMeter {
     if (this.#timer) clearInterval(this.#timer)
     this.#timer = undefined
     this.#socket = undefined
+    this.#awaiting = undefined
   }
 
   #sample(): void {
