@@ -37,7 +37,7 @@ export interface Entry {
   returned: boolean
   channel: ChannelSlot | undefined
   /** Its place in the publisher's deadline list (confirm mode only). */
-  timer: ExpiryEntry<Entry> | undefined
+  expiry: ExpiryEntry<Entry> | undefined
   /** Bytes held in the PublishBuffer (0 when the spool bounds the message instead). */
   held: number
   /** Copies written so far. */
@@ -124,7 +124,7 @@ export function newEntry(
     answered: false,
     returned: false,
     channel: undefined,
-    timer: undefined,
+    expiry: undefined,
     held,
     copies: 0,
     maybePublished: false,

@@ -147,15 +147,18 @@ const PROPERTY_HEADERS = [
 
 const HEADER_PREFIX = 'x-header-'
 
+/** The broker's pseudo-queue for direct reply-to (rpc/client.ts consumes it and names it in requests). */
+export const DIRECT_REPLY_TO = 'amq.rabbitmq.reply-to'
+
 /**
- * A reply to an RPC caller: the routing key RabbitMQ generates for direct
- * reply-to. The broker delivers such a publish straight to the caller's
+ * A reply to an RPC caller goes to the routing key the broker generated from
+ * DIRECT_REPLY_TO. RabbitMQ delivers such a publish straight to the caller's
  * channel but counts it as routed to no queue, so with mandatory it also
  * sends basic.return (seen on RabbitMQ 3.10: NO_ROUTE, yet delivered) and
  * the app would get a false 422. Replies go without mandatory; a reply whose
  * caller is gone is dropped by the broker, as with any client.
  */
-const DIRECT_REPLY_TO_PREFIX = 'amq.rabbitmq.reply-to.'
+const isDirectReply = (exchange: string, rk: string) => exchange === '' && rk.startsWith(`${DIRECT_REPLY_TO}.`)
 
 function build(
   exchange: string,
@@ -170,7 +173,7 @@ function build(
   const expiration = props.expiration === undefined ? undefined : String(parseIntIn('expiration', props.expiration, 0, 2 ** 31 - 1))
   const options: OutgoingMessage['options'] = {
     messageId,
-    mandatory: mandatory && !(exchange === '' && rk.startsWith(DIRECT_REPLY_TO_PREFIX)),
+    mandatory: mandatory && !isDirectReply(exchange, rk),
     persistent: props.persistent ?? defaults.persistent,
     headers: checkHeaders(headers ?? {}),
   }

@@ -136,7 +136,7 @@ export class Publisher {
       if (opts.mode === 'accepted') {
         this.#settle.answer(entry, { messageId: msg.options.messageId, status: 'accepted' }, 'accepted')
       } else {
-        entry.timer = this.#deadlines.add(entry, opts.deadlineMs, start)
+        entry.expiry = this.#deadlines.add(entry, opts.deadlineMs, start)
       }
       this.#enqueue(entry)
     })
@@ -345,7 +345,7 @@ export class Publisher {
   }
 
   #onDeadline(entry: Entry): void {
-    entry.timer = undefined
+    entry.expiry = undefined
     if (entry.state === 'queued') {
       // Not written now (never, or a dead channel's copy waiting to be re-sent):
       // drop it, so it cannot reach the broker after we said 504.

@@ -61,7 +61,7 @@ export class Settler {
   finish(entry: Entry, result: PublishResult | SidecarError, outcome: PublishOutcome, how: Settlement): void {
     if (entry.state === 'done') return
     entry.state = 'done'
-    if (entry.timer) this.deadlines.remove(entry.timer)
+    if (entry.expiry) this.deadlines.remove(entry.expiry)
     if (entry.held > 0) this.buffer.release(entry.held)
     entry.settled?.(how)
     if (entry.mode === 'accepted' && result instanceof SidecarError) {
@@ -115,7 +115,7 @@ export class Settler {
       answered: true,
       returned: false,
       channel: undefined,
-      timer: undefined,
+      expiry: undefined,
       copies: 0,
       maybePublished: false,
       isolate: false,

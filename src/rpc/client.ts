@@ -25,12 +25,11 @@ import { SidecarError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../observe/logger.js'
 import type { Metrics, RpcOutcome } from '../observe/metrics.js'
 import { ExchangeRegistry } from '../publish/exchanges.js'
+import { DIRECT_REPLY_TO } from '../publish/message.js'
 import type { OutgoingMessage } from '../publish/publisher.js'
 import { channelErrorCode } from '../upstream/classify.js'
 import type { Upstream } from '../upstream/connection.js'
 
-/** The broker's pseudo-queue for direct reply-to. */
-export const DIRECT_REPLY_TO = 'amq.rabbitmq.reply-to'
 /** Pause before reopening a channel the broker closed while the connection stayed up. */
 const REOPEN_DELAY_MS = 100
 

@@ -17,7 +17,8 @@
  * It also finds such a cut without waiting for a timer: a publish written
  * after an idle spell (ARM_IDLE_MS, no byte either way) must be answered by
  * the broker (a confirm, at least); when not a single byte comes back within
- * the configured time, the flow is dead, and `onUnanswered` is called. Only
+ * the configured time, the flow is dead, and the `unanswered` callback given
+ * to start() is called. Only
  * writes that follow an idle spell arm it: a flow in use is not the one a
  * middlebox evicts, and a busy broker is not mistaken for a dead path.
  */
@@ -72,8 +73,7 @@ export class IdleMeter {
    * idle time is read from the last sample, so it is exact to SAMPLE_MS.
    */
   expectAnswer(): void {
-    const s = this.#socket
-    if (!this.#unanswered || this.#awaiting || !s) return
+    if (!this.#unanswered || this.#awaiting || !this.#socket) return
     const now = Date.now()
     if (now - this.#lastActivityAt < ARM_IDLE_MS) return
     this.#awaiting = { at: now, read: this.#read }
